@@ -1,0 +1,1 @@
+"""Evaluation: suites (what is measured), metrics (CIs, retention, continual-learning), reports."""
