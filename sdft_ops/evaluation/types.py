@@ -23,7 +23,8 @@ class SuiteResult(BaseModel):
     score is their mean. `metrics` holds secondary aggregates (e.g. acc_norm, over-refusal).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN side metrics (e.g. an undefined rate) survive a JSON round trip as "NaN"
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
 
     suite: str = Field(min_length=1)
     kind: SuiteKind
