@@ -1,0 +1,121 @@
+"""Checkpoints (resume exactly) and the final trained model (loadable by `load_model`).
+
+A checkpoint is one folder per step, written to a temp folder and renamed: `student`,
+`teacher` and `optimizer` tensors as safetensors (no pickle anywhere), and `state.json` with the
+step, the config fingerprint, the scheduler state, the optimizer's hyper-parameters and the RNG
+state. Resume refuses a checkpoint written under a different training config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_PREFIX = "step-"
+
+
+def _atomic_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    final.chmod(0o755)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def save_checkpoint(root: Path, step: int, *, model, teacher, optimizer, scheduler,
+                    fingerprint: str) -> Path:
+    final = Path(root) / f"{STEP_PREFIX}{step:06d}"
+    tmp = _atomic_dir(final)
+    try:
+        save_file(trainable_state(model), tmp / "student.safetensors")
+        teacher_state = teacher.state_dict() if teacher is not None else {}
+        save_file(teacher_state or {"_empty": torch.zeros(0)}, tmp / "teacher.safetensors")
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(opt_tensors or {"_empty": torch.zeros(0)}, tmp / "optimizer.safetensors")
+        save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+        state = {"step": step, "fingerprint": fingerprint, "optimizer": opt_meta,
+                 "scheduler": scheduler.state_dict()}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        _publish(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path | None) -> Path | None:
+    if root is None or not Path(root).is_dir():
+        return None
+    done = sorted(p for p in Path(root).glob(f"{STEP_PREFIX}*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, *, model, teacher, optimizer, scheduler, fingerprint: str) -> int:
+    """Restore everything saved by `save_checkpoint`; returns the step to continue from."""
+    state = json.loads((path / "state.json").read_text())
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"checkpoint {path} was written with another training config "
+            f"({state['fingerprint']} != {fingerprint}); resume with the same config or "
+            "start in an empty output folder"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in load_file(path / "student.safetensors").items():
+            params[name].copy_(value)
+    teacher_state = load_file(path / "teacher.safetensors")
+    if teacher is not None and "_empty" not in teacher_state:
+        teacher.load_state_dict(teacher_state)
+    opt_state: dict = {"state": {}, "param_groups": state["optimizer"]["param_groups"]}
+    for key, value in load_file(path / "optimizer.safetensors").items():
+        if key == "_empty":
+            continue
+        index, name = key.split(".", 1)
+        opt_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+    return state["step"]
+
+
+def save_trained_model(model, tokenizer, dest: Path, extra: dict | None = None) -> Path:
+    """Write the trained student as a plain safetensors model folder (LoRA merged into a copy,
+    the student itself untouched), atomically, with `extra` as sdft_ops_train.json."""
+    from sdft_ops.engine.teacher import is_peft
+
+    dest = Path(dest)
+    tmp = _atomic_dir(dest)
+    try:
+        plain = model
+        if is_peft(model):
+            import copy
+
+            plain = copy.deepcopy(model).merge_and_unload()
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "sdft_ops_train.json").write_text(json.dumps(extra or {}, indent=1, default=str))
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

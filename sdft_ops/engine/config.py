@@ -1,0 +1,110 @@
+"""`SDFTConfig`: the single source of truth for an update's training settings (SDFT or SFT)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+QUESTION, DEMONSTRATION = "{question}", "{demonstration}"
+
+
+class TeacherContext(BaseModel):
+    """How the demonstration enters the teacher's context.
+
+    - `paper`: the official template, one user turn: question, blank line, "This is an example
+      for a response to the question:", the demonstration, blank line, "Now answer with a
+      response of your own, including the thinking process."
+    - `previous_turn`: the demonstration as the assistant's earlier answer to the same question
+      (user: q → assistant: demo → user: q). Far stronger on small models (see README).
+    - `custom`: `template`, one user turn with `{question}` and `{demonstration}` placeholders.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: Literal["paper", "previous_turn", "custom"] = "previous_turn"
+    template: str | None = None
+
+    @model_validator(mode="after")
+    def _template_iff_custom(self) -> "TeacherContext":
+        if self.preset == "custom":
+            if not self.template or QUESTION not in self.template or DEMONSTRATION not in self.template:
+                raise ValueError(
+                    "teacher_context preset 'custom' needs a template containing both "
+                    f"{QUESTION} and {DEMONSTRATION}"
+                )
+        elif self.template is not None:
+            raise ValueError(f"template is only used with preset 'custom', not {self.preset!r}")
+        return self
+
+
+class SDFTConfig(BaseModel):
+    """Training settings of one domain update. Defaults follow the paper where it is explicit.
+
+    Steps: `max_steps` if set, else `epochs` passes over the training demonstrations.
+    One optimizer step consumes `prompts_per_step` prompts (global, across processes), split in
+    `grad_accum_steps` micro-batches.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["sdft", "sft"] = "sdft"
+
+    # optimisation
+    learning_rate: float = Field(5e-5, gt=0)
+    prompts_per_step: int = Field(8, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor, × learning_rate")
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    autocast_bf16: bool = Field(
+        True, description="bf16 autocast for sampling and forwards (~3× faster on CPUs with bf16)"
+    )
+
+    # on-policy generation (student samples; the paper: one sample per prompt at T = 1.0)
+    max_prompt_tokens: int = Field(512, ge=8)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    samples_per_prompt: Literal[1] = 1
+
+    # loss
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    jsd_beta: float = Field(0.5, gt=0.0, lt=1.0, description="JSD mixture weight of the teacher")
+    estimator: Literal["full_vocab", "top_k", "sampled_token"] = "full_vocab"
+    top_k: int = Field(64, ge=1)
+    skip_first_tokens: int = Field(3, ge=0)
+
+    # teacher
+    teacher: Literal["ema", "frozen", "live"] = "ema"
+    ema_rate: float = Field(0.02, gt=0.0, le=1.0)
+    teacher_context: TeacherContext = TeacherContext()
+
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = none")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SDFTConfig":
+        if self.prompts_per_step % self.grad_accum_steps:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of "
+                f"grad_accum_steps ({self.grad_accum_steps})"
+            )
+        if self.estimator == "sampled_token" and self.divergence != "reverse_kl":
+            raise ValueError(
+                "estimator 'sampled_token' is only unbiased for divergence 'reverse_kl' "
+                "(the sample comes from the student); use full_vocab or top_k instead"
+            )
+        if self.estimator == "top_k" and self.divergence == "jsd":
+            raise ValueError("estimator 'top_k' supports forward_kl and reverse_kl, not jsd")
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes training results (resume refuses a mismatch)."""
+        relevant = self.model_dump(mode="json", exclude={"checkpoint_every"})
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,224 @@
+"""SDFT — Self-Distillation Fine-Tuning (Shenfeld et al. 2026, arXiv 2601.19897), and an SFT
+baseline behind the same interface.
+
+Algorithm (one optimizer step, `sdft_step`):
+  1. the student samples one completion per prompt, without the demonstration (no grad, T=1);
+  2. the teacher — the same network with the demonstration in its context — scores
+     [teacher prompt + completion] (no grad);
+  3. the student scores [prompt + completion] with grad;
+  4. per-token divergence (default forward KL(teacher‖student), full vocabulary) over the
+     completion after its first `skip_first_tokens` tokens, padding and post-EOS masked; mean
+     per sequence, then over the global batch;
+  5. backward, clip (1.0), AdamW + warmup/cosine step, then the teacher update (EMA, rate 0.02).
+
+Deviations from the paper / official code, all deliberate:
+  - default teacher context `previous_turn` (the paper's one-turn template fails on 135M models;
+    `paper` is a preset);
+  - sampling by our own KV-cache loop with per-example seeds (same samples whatever the batch or
+    process split; see sampling.py); bf16 autocast by default on the forwards;
+  - LoRA EMA is exact on the effective weights (see teacher.py).
+
+Multi-process: run the same code under `accelerate launch` / `torchrun`; each rank takes its
+share of the global batch and gradients are summed with all_reduce (gloo on CPU, nccl on GPU).
+
+  from sdft_ops.engine import SDFTConfig, train
+  result = train(model, tokenizer, demos, SDFTConfig(max_steps=40), output_dir="ckpt/")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sdft_ops.data import Demonstration
+from sdft_ops.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sdft_ops.engine.config import SDFTConfig
+from sdft_ops.engine.context import PreparedExample, prepare_examples
+from sdft_ops.engine.losses import completion_mask, sequence_mean, token_divergence
+from sdft_ops.engine.sampling import decode, left_pad, position_ids, row_seed
+from sdft_ops.engine.teacher import Teacher
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: training stops, nothing is saved as a good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    demo_tokens_cut: int = 0  # demonstration tokens dropped to fit teacher prompts
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def _autocast(model, enabled: bool):
+    device = next(model.parameters()).device.type
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+
+def completion_logits(model, prompt_ids, prompt_mask, completion) -> torch.Tensor:
+    """Logits that predict each completion token: (B, P), (B, P), (B, T) → (B, T, V)."""
+    ids = torch.cat([prompt_ids, completion], dim=1)
+    mask = torch.cat([prompt_mask, torch.ones_like(completion)], dim=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                logits_to_keep=completion.shape[1] + 1)
+    return out.logits[:, :-1]
+
+
+def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds, cfg: SDFTConfig,
+              eos_id: int, pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over `batch` of per-sequence mean divergence (caller divides by the global batch)."""
+    with _autocast(model, cfg.autocast_bf16):
+        rollout = decode(model, [e.student_prompt for e in batch], max_new_tokens=cfg.max_new_tokens,
+                         eos_id=eos_id, pad_id=pad_id, temperature=cfg.temperature, top_p=cfg.top_p,
+                         seeds=seeds)                                          # 1. sample
+    completion = rollout.completion_ids                                        # (B, T)
+    mask = completion_mask(completion, eos_id, cfg.skip_first_tokens)
+    with torch.no_grad(), _autocast(model, cfg.autocast_bf16):                 # 2. teacher
+        t_ids, t_mask = left_pad([e.teacher_prompt for e in batch], pad_id, completion.device)
+        teacher_logits = completion_logits(teacher.module(model), t_ids, t_mask, completion)
+    with _autocast(model, cfg.autocast_bf16):                                  # 3. student
+        student_logits = completion_logits(model, rollout.prompt_ids, rollout.prompt_mask, completion)
+    per_token = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
+                                 jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
+    loss_sum = sequence_mean(per_token, mask).sum()                            # 4. loss
+    lengths = completion_mask(completion, eos_id, 0).sum(-1).float()
+    return loss_sum, {"tokens": float(lengths.sum()), "eos": float(rollout.finished.sum())}
+
+
+def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: int):
+    """Cross-entropy on the demonstration tokens only (the prompt is never a label)."""
+    width = max(len(e.target) for e in batch)
+    target = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    for row, e in enumerate(batch):
+        target[row, : len(e.target)] = torch.tensor(e.target)
+    device = next(model.parameters()).device
+    target = target.to(device)
+    mask = torch.arange(width, device=device) < torch.tensor([len(e.target) for e in batch],
+                                                              device=device).unsqueeze(-1)
+    prompt_ids, prompt_mask = left_pad([e.student_prompt for e in batch], pad_id, device)
+    with _autocast(model, cfg.autocast_bf16):
+        logits = completion_logits(model, prompt_ids, prompt_mask, target)
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+    return sequence_mean(nll, mask).sum(), {"tokens": float(mask.sum()), "eos": float(len(batch))}
+
+
+def warmup_cosine(total_steps: int, warmup: int, floor: float) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size), joining the process group that a launcher set up in the env."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return int(os.environ.get("RANK", "0")), world
+
+
+def batch_positions(step: int, n_examples: int, cfg: SDFTConfig) -> list[tuple[int, int]]:
+    """(global position, example index) of a step's prompts: epochs of seeded permutations."""
+    out = []
+    for q in range(step * cfg.prompts_per_step, (step + 1) * cfg.prompts_per_step):
+        epoch, offset = divmod(q, n_examples)
+        order = list(range(n_examples))
+        random.Random(f"{cfg.seed}-{epoch}").shuffle(order)
+        out.append((q, order[offset]))
+    return out
+
+
+def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
+          output_dir: str | Path | None = None, callbacks: Sequence[StepCallback] = (),
+          progress: bool = True) -> TrainResult:
+    """Train `model` in place on `demos` (SDFT or SFT per `cfg.method`); resumes from the latest
+    checkpoint in `output_dir` if there is one."""
+    rank, world = _world()
+    if cfg.prompts_per_step % (world * cfg.grad_accum_steps):
+        raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must divide into "
+                         f"{world} processes × {cfg.grad_accum_steps} accumulation steps")
+    examples = prepare_examples(demos, tokenizer, cfg)
+    total = cfg.max_steps or cfg.epochs * math.ceil(len(examples) / cfg.prompts_per_step)
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, cfg.warmup_steps, cfg.min_lr_ratio))
+    teacher = Teacher(model, cfg.teacher, cfg.ema_rate) if cfg.method == "sdft" else None
+    torch.manual_seed(cfg.seed)
+    start, ckpt_dir = 0, Path(output_dir) if output_dir else None
+    if (last := latest_checkpoint(ckpt_dir)) is not None:
+        start = load_checkpoint(last, model=model, teacher=teacher,
+                                optimizer=optimizer, scheduler=scheduler,
+                                fingerprint=cfg.fingerprint())
+    model.train()
+    result, began = TrainResult(steps=total, seconds=0.0,
+                                demo_tokens_cut=sum(e.demo_tokens_cut for e in examples)), time.perf_counter()
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress or rank != 0,
+               desc=f"{cfg.method} update", unit="step")
+    for step in bar:
+        t0 = time.perf_counter()
+        mine = batch_positions(step, len(examples), cfg)[rank::world]
+        micro = len(mine) // cfg.grad_accum_steps
+        optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(3)  # loss sum, completion tokens, sequences ending in EOS
+        for chunk in (mine[i : i + micro] for i in range(0, len(mine), micro)):
+            batch = [examples[i] for _, i in chunk]
+            if teacher is not None:
+                seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
+                loss_sum, stats = sdft_step(model, teacher, batch, seeds, cfg, eos_id, pad_id)
+            else:
+                loss_sum, stats = sft_step(model, batch, cfg, pad_id)
+            (loss_sum / cfg.prompts_per_step).backward()
+            totals += torch.tensor([loss_sum.item(), stats["tokens"], stats["eos"]])
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+        loss = totals[0].item() / cfg.prompts_per_step
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"non-finite loss {loss} at step {step}; lower the learning "
+                                   "rate or check the data. No checkpoint was written for it.")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+        optimizer.step()
+        scheduler.step()
+        if teacher is not None:
+            teacher.update(model)                                              # 5. EMA
+        seconds = time.perf_counter() - t0
+        metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
+                   "train/lr": scheduler.get_last_lr()[0], "train/step_seconds": seconds,
+                   "train/tokens_per_s": totals[1].item() / seconds,
+                   "train/completion_tokens": totals[1].item() / cfg.prompts_per_step,
+                   "train/eos_rate": totals[2].item() / cfg.prompts_per_step}
+        result.history.append({"step": step + 1, **metrics})
+        bar.set_postfix(loss=f"{loss:.4f}", gnorm=f"{grad_norm:.2f}", s=f"{seconds:.1f}")
+        if rank == 0:
+            for callback in callbacks:
+                callback(step + 1, metrics)
+        if ckpt_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and rank == 0:
+            save_checkpoint(ckpt_dir, step + 1, model=model, teacher=teacher,
+                            optimizer=optimizer, scheduler=scheduler, fingerprint=cfg.fingerprint())
+    result.seconds = time.perf_counter() - began
+    return result
