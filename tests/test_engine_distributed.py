@@ -1,0 +1,42 @@
+"""The same training code under `accelerate launch --num_processes 2` (gloo on CPU) gives the
+same weights as one process with the same global batch.
+
+accelerate 1.x's `--cpu` flag starts a single process unless MPI is set up (its simple
+launcher), so the two CPU processes are started with `--multi_gpu`, which uses torchrun; with
+no GPU present the engine joins the process group with gloo. Tolerance 1e-5: the two runs sum
+gradients in a different order (all_reduce vs one batch), nothing else differs — samples are
+seeded per example, so both runs train on identical tokens."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+
+
+def _run(cmd, env):
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate CLI not installed")
+def test_two_processes_match_one(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    _run([sys.executable, str(SCRIPT), str(tmp_path / "one.safetensors")], env)
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+          str(SCRIPT), str(tmp_path / "two.safetensors")], env)
+    one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    initial = __import__("sdft_ops.tiny", fromlist=["build_tiny"]).build_tiny(seed=0)[0]
+    moved = any(not torch.equal(one[n], p) for n, p in initial.named_parameters())
+    assert moved and one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
