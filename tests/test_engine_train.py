@@ -147,3 +147,30 @@ def test_non_finite_loss_stops_without_a_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite loss"):
         train(model, tok, _demos(), cfg, output_dir=tmp_path, progress=False)
     assert not list(tmp_path.glob("step-*"))
+
+
+def test_teacher_ceiling_scores_teacher_and_student_and_refuses_when_strict(tiny):
+    from sdft_ops.engine.ceiling import TeacherCeilingTooLow, teacher_ceiling
+
+    model, tok = tiny
+    demos = _demos(6)
+
+    def greedy(messages):  # an independent reference: HF generate on the same prompt
+        ids = torch.tensor([encode_chat(tok, messages)])
+        out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=2)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    ctx = TeacherContext(preset="previous_turn")
+    expected_teacher = {d.id: greedy(teacher_messages(d.prompt_messages(), d.demonstration, ctx))
+                        for d in demos}
+    expected_student = {d.id: greedy(d.prompt_messages()) for d in demos}
+    assert expected_teacher != expected_student  # the demonstration changes the answer
+    exact = lambda prediction, reference: float(prediction == reference)  # noqa: E731
+    report = teacher_ceiling(model, tok, demos, exact, ctx, reference=lambda d: expected_teacher[d.id],
+                             sample_size=6, max_new_tokens=4, bf16=False, floor=0.5)
+    student_matches = sum(expected_student[d.id] == expected_teacher[d.id] for d in demos) / 6
+    assert report.n == 6 and report.teacher_score == 1.0 and not report.below_floor
+    assert report.student_score == student_matches < 1.0
+    with pytest.raises(TeacherCeilingTooLow, match="teacher ceiling 0.00 < floor 0.50"):
+        teacher_ceiling(model, tok, demos, lambda p, r: 0.0, sample_size=2, max_new_tokens=2,
+                        bf16=False, floor=0.5, strict=True)
