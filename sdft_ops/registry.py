@@ -1,0 +1,530 @@
+"""The policy registry: candidate versions in the MLflow Model Registry, the `champion` alias, and
+a durable promotion ledger (MLflow keeps no history of alias moves).
+
+Registration (`PolicyRegistry.register_candidate`) takes a model folder written by
+`sdft_ops.engine.checkpoint.save_trained_model`, saves it as an MLflow **pyfunc** model whose
+code is `sdft_ops/policy_model.py` (models-from-code: nothing pickled; the folder is the artifact
+`model_dir`, loaded with transformers, safetensors only, `trust_remote_code=False`), with explicit
+`pip_requirements` (torch, transformers, safetensors, pinned to the installed versions), logs it as
+an MLflow 3 logged model of a run, and registers it as a new version of `name` (default
+`sdft-ops-policy`) with the alias `candidate`. Version tags: `sdft_ops.parent_version`,
+`sdft_ops.dataset_hash`, `sdft_ops.method`, `sdft_ops.base_model`, `sdft_ops.code_version`
+(git commit, absent outside a checkout) and `sdft_ops.gate_verdict` (`pending` until
+`promote`/`reject` set it; a reject with a decision adds `sdft_ops.gate_reasons`).
+
+The ledger is an append-only JSONL file, `<home>/registry/<name>.ledger.jsonl`, one
+`LedgerEntry` per action: who, what (`promote`, `reject`, `manual_promote`, `rollback`), when
+(UTC ISO-8601), why, `from_version` / `to_version` (the champion before / after) and `version`
+(the version acted on). Replaying it gives the champion stack: promotions push, a rollback pops,
+so `rollback` returns to the champion before the current one.
+
+Concurrency: every action runs read-check-move-append under an exclusive `fcntl.flock` on
+`<ledger>.lock`, so racing promotions (threads or processes sharing the data home) leave exactly
+one champion and a consistent ledger. A promotion whose expected champion (by default the
+candidate's parent version) is no longer the champion is refused as stale
+(`StalePromotionError`). If the `champion` alias and the ledger disagree (the alias was moved
+outside sdft-ops, or a crash hit between the two writes) every gated action refuses until a
+`manual_promote` re-establishes the champion. With a remote tracking server the lock and ledger
+still live in the local data home: processes that promote must share it.
+
+    registry = PolicyRegistry(home=home)                 # or PolicyRegistry("http://mlflow:5000")
+    v = registry.register_candidate(folder, parent_version="3", dataset_hash=h, method="sdft",
+                                    base_model="smollm2-135m-instruct")
+    decision = decide(report, policy, parent_version="3", champion_version=registry.champion_version())
+    if decision.promote:
+        registry.promote(v, "gate passed", decision=decision)   # StalePromotionError if the champion moved
+    else:
+        registry.reject(v, "; ".join(decision.reasons), decision=decision)
+    load_champion(tracking_uri=registry.tracking_uri).predict(["Hello"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sdft_ops.home import data_home
+from sdft_ops.tracking import DEFAULT_EXPERIMENT, code_version, ensure_experiment, resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.pyfunc import PyFuncModel
+
+    from sdft_ops.gate import GateDecision
+
+DEFAULT_MODEL_NAME = "sdft-ops-policy"
+CANDIDATE, CHAMPION = "candidate", "champion"
+NO_PARENT = "none"  # parent_version tag of a version with no parent (the first one)
+POLICY_CODE = Path(__file__).with_name("policy_model.py")
+REQUIRED_PACKAGES = ("torch", "transformers", "safetensors")
+
+TAG_PARENT_VERSION = "sdft_ops.parent_version"
+TAG_DATASET_HASH = "sdft_ops.dataset_hash"
+TAG_METHOD = "sdft_ops.method"
+TAG_BASE_MODEL = "sdft_ops.base_model"
+TAG_CODE_VERSION = "sdft_ops.code_version"
+TAG_GATE_VERDICT = "sdft_ops.gate_verdict"
+TAG_GATE_REASONS = "sdft_ops.gate_reasons"
+TAG_ROLLED_BACK = "sdft_ops.rolled_back_at"
+MAX_TAG_VALUE_LENGTH = 5000  # MLflow's limit for model version tag values
+
+Method = Literal["sdft", "sft"]
+Action = Literal["promote", "reject", "manual_promote", "rollback"]
+_WEIGHT_SUFFIXES_REFUSED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class RegistryError(RuntimeError):
+    """A registry action was refused; the message says why and what to do."""
+
+
+class StalePromotionError(RegistryError):
+    """The champion moved since the candidate was made: its expected champion is not current."""
+
+
+class LedgerEntry(BaseModel):
+    """One line of the promotion ledger."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = Field(ge=1, description="1, 2, 3 ... in file order")
+    model_name: str = Field(min_length=1)
+    action: Action
+    who: str = Field(min_length=1)
+    when: str = Field(description="ISO-8601 UTC timestamp")
+    why: str = Field(min_length=1)
+    version: str = Field(min_length=1, description="the version acted on")
+    from_version: str | None = Field(description="champion before the action")
+    to_version: str | None = Field(description="champion after the action")
+
+
+def champion_stack(entries: list[LedgerEntry]) -> list[str]:
+    """Replay the ledger: promote/manual_promote push, rollback pops, reject changes nothing."""
+    stack: list[str] = []
+    for entry in entries:
+        if entry.action in ("promote", "manual_promote"):
+            stack.append(entry.version)
+        elif entry.action == "rollback":
+            stack.pop()
+    return stack
+
+
+class _LockedLedger:
+    """The ledger while its lock is held: the entries read under the lock, and append."""
+
+    def __init__(self, ledger: "PromotionLedger", entries: list[LedgerEntry]) -> None:
+        self.ledger = ledger
+        self.entries = entries
+
+    def append(self, **fields: Any) -> LedgerEntry:
+        entry = LedgerEntry(seq=len(self.entries) + 1,
+                            when=datetime.now(timezone.utc).isoformat(timespec="microseconds"), **fields)
+        with open(self.ledger.path, "a", encoding="utf-8") as f:
+            f.write(entry.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.entries.append(entry)
+        return entry
+
+
+class PromotionLedger:
+    """Append-only JSONL of `LedgerEntry`, guarded by `fcntl.flock` on a sibling `.lock` file."""
+
+    def __init__(self, path: str | os.PathLike, lock_timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout_s = lock_timeout_s
+
+    @contextlib.contextmanager
+    def locked(self, exclusive: bool = True) -> Iterator[_LockedLedger]:
+        """Hold the lock (exclusive for writers, shared for readers) and yield the entries."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock_file:
+            mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+            deadline = time.monotonic() + self.lock_timeout_s
+            while True:
+                try:
+                    fcntl.flock(lock_file.fileno(), mode)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(
+                            f"another registry action has held {self.lock_path} for over "
+                            f"{self.lock_timeout_s:.0f}s; wait for it or find the process holding it "
+                            f"(e.g. `fuser {self.lock_path}`)") from None
+                    time.sleep(0.02)
+            try:
+                yield _LockedLedger(self, self._read())
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+    def read(self) -> list[LedgerEntry]:
+        with self.locked(exclusive=False) as ledger:
+            return list(ledger.entries)
+
+    def _read(self) -> list[LedgerEntry]:
+        if not self.path.is_file():
+            return []
+        entries = []
+        for line_no, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = LedgerEntry.model_validate_json(line)
+            except ValidationError as e:
+                raise RegistryError(
+                    f"{self.path} line {line_no} is not a ledger entry ({e.error_count()} problems: "
+                    f"{e.errors()[0]['msg']}); the ledger is append-only — restore it from a backup, or "
+                    "delete that line if a crash cut it short") from e
+            if entry.seq != len(entries) + 1:
+                raise RegistryError(f"{self.path} line {line_no} has seq {entry.seq}, expected "
+                                    f"{len(entries) + 1}; the ledger was edited — restore it from a backup")
+            entries.append(entry)
+        return entries
+
+
+def pip_requirements() -> list[str]:
+    """torch, transformers, safetensors pinned to the installed versions (local tags like +cpu dropped)."""
+    return [f"{dist}=={metadata.version(dist).split('+')[0]}" for dist in REQUIRED_PACKAGES]
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from sdft_ops.policy_model import DEFAULT_MAX_NEW_TOKENS
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]))
+
+
+def check_model_folder(folder: str | os.PathLike) -> Path:
+    """A `save_trained_model` folder: config.json and safetensors weights, no pickle weights."""
+    folder = Path(folder)
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} is not a model folder (no config.json); register the folder written "
+                         "by sdft_ops.engine.checkpoint.save_trained_model")
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(f"{folder} has no *.safetensors weights; save the model with "
+                         "save_pretrained(..., safe_serialization=True)")
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES_REFUSED)
+    if pickled:
+        raise ValueError(f"{folder} holds pickle-format files {pickled}; only safetensors are registered — "
+                         "remove them (the safetensors weights are enough)")
+    return folder
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^\w.-]", "_", name)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER") or "unknown"
+
+
+def _not_found(e: Exception) -> bool:
+    return getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE",
+                                            "NOT_FOUND")
+
+
+class _Parent:  # sentinel type: "the candidate's parent_version tag"
+    def __repr__(self) -> str:
+        return "PARENT"
+
+
+PARENT = _Parent()
+
+
+class PolicyRegistry:
+    """Register, promote, reject and roll back versions of one registered model (see module docstring)."""
+
+    def __init__(self, tracking_uri: str | None = None, *, name: str = DEFAULT_MODEL_NAME,
+                 home: str | os.PathLike | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                 ledger_path: str | os.PathLike | None = None, user: str | None = None,
+                 lock_timeout_s: float = 60.0) -> None:
+        from mlflow import MlflowClient
+
+        if not name:
+            raise ValueError("registered model name must be non-empty, e.g. 'sdft-ops-policy'")
+        self.name = name
+        self.home = home
+        self.experiment = experiment
+        self.tracking_uri = resolve_tracking_uri(tracking_uri, home)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        path = ledger_path or data_home(home) / "registry" / f"{_slug(name)}.ledger.jsonl"
+        self.ledger = PromotionLedger(path, lock_timeout_s=lock_timeout_s)
+        self.user = user or _user()
+
+    # ------------------------------------------------------------------ reading
+
+    def _alias(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException as e:
+            if _not_found(e):
+                return None
+            raise
+
+    def champion_version(self) -> str | None:
+        """The version the `champion` alias points at, or None before the first promotion."""
+        return self._alias(CHAMPION)
+
+    def candidate_version(self) -> str | None:
+        return self._alias(CANDIDATE)
+
+    def get_version(self, version: str) -> "ModelVersion":
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except MlflowException as e:
+            if _not_found(e):
+                raise ValueError(f"{self.name} has no version {version!r} in {self.tracking_uri}; "
+                                 "list versions with `mlflow models` or the UI") from e
+            raise
+
+    def parent_of(self, version: str) -> str | None:
+        parent = self.get_version(version).tags.get(TAG_PARENT_VERSION, NO_PARENT)
+        return None if parent == NO_PARENT else parent
+
+    def lineage(self, version: str) -> list[str]:
+        """[version, its parent, grandparent, ...] from the parent_version tags."""
+        chain = [str(version)]
+        while (parent := self.parent_of(chain[-1])) is not None and parent not in chain:
+            chain.append(parent)
+        return chain
+
+    def run_id_of(self, version: str) -> str | None:
+        """The run that registered `version` (pass it as `parent_run_id` to the next update)."""
+        return self.get_version(version).run_id
+
+    def history(self) -> list[LedgerEntry]:
+        """Every ledger entry, oldest first."""
+        return self.ledger.read()
+
+    # ------------------------------------------------------------------ registering
+
+    def _ensure_registered_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException as e:
+            if not _not_found(e):
+                raise
+            try:
+                self.client.create_registered_model(
+                    self.name, description="sdft-ops policy; aliases: candidate, champion")
+            except MlflowException as e2:  # created concurrently
+                if getattr(e2, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                    raise
+
+    def register_candidate(self, model_dir: str | os.PathLike, *, parent_version: str | None,
+                           dataset_hash: str, method: Method, base_model: str, run_id: str | None = None,
+                           commit: str | None = "auto", tags: Mapping[str, str] | None = None,
+                           description: str | None = None) -> str:
+        """Log `model_dir` as a pyfunc model and register it as a new version aliased `candidate`.
+
+        `run_id`: the update's MLflow run (the model is logged there); None creates a short
+        `register` run. `commit`: the code version tag; "auto" = `git rev-parse HEAD`, None = none.
+        Returns the new version number as a string.
+        """
+        import mlflow
+        from mlflow.entities import LoggedModelStatus
+
+        folder = check_model_folder(model_dir).resolve()
+        if method not in ("sdft", "sft"):
+            raise ValueError(f"method must be 'sdft' or 'sft', got {method!r}")
+        if not dataset_hash or not base_model:
+            raise ValueError("dataset_hash and base_model must be non-empty: they are the version's provenance "
+                             "(DemoDataset.content_hash() gives the dataset hash; base_model is the "
+                             "ModelSpec name_or_path)")
+        if parent_version is not None:
+            self.get_version(str(parent_version))  # raises with the fix if it does not exist
+        self._ensure_registered_model()
+        own_run = run_id is None
+        if own_run:
+            experiment_id = ensure_experiment(self.client, self.experiment, self.tracking_uri, self.home)
+            run_id = self.client.create_run(experiment_id, run_name=f"register-{self.name}").info.run_id
+        else:
+            experiment_id = self.client.get_run(run_id).info.experiment_id
+        commit = code_version() if commit == "auto" else commit
+        version_tags = {TAG_PARENT_VERSION: NO_PARENT if parent_version is None else str(parent_version),
+                        TAG_DATASET_HASH: dataset_hash, TAG_METHOD: method, TAG_BASE_MODEL: base_model,
+                        TAG_GATE_VERDICT: "pending", **({TAG_CODE_VERSION: commit} if commit else {}),
+                        **dict(tags or {})}
+        logged = self.client.create_logged_model(experiment_id, name="policy", source_run_id=run_id,
+                                                 tags={k: v for k, v in version_tags.items()
+                                                       if k != TAG_GATE_VERDICT})
+        try:
+            with tempfile.TemporaryDirectory(prefix="sdft-ops-pyfunc-") as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # type-hint / input-example nags
+                mlflow.pyfunc.save_model(Path(tmp) / "policy", python_model=str(POLICY_CODE),
+                                         artifacts={"model_dir": str(folder)},
+                                         pip_requirements=pip_requirements(), signature=_signature(),
+                                         metadata={"sdft_ops_model_name": self.name})
+                self.client.log_model_artifacts(logged.model_id, str(Path(tmp) / "policy"))
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        version = self.client.create_model_version(
+            self.name, source=logged.artifact_location, run_id=run_id, model_id=logged.model_id,
+            tags=version_tags, description=description).version
+        self.client.set_registered_model_alias(self.name, CANDIDATE, str(version))
+        if own_run:
+            self.client.set_terminated(run_id, "FINISHED")
+        return str(version)
+
+    # ------------------------------------------------------------------ moving the champion
+
+    def _check_consistent(self, stack: list[str], current: str | None) -> None:
+        recorded = stack[-1] if stack else None
+        if recorded != current:
+            raise RegistryError(
+                f"the {CHAMPION!r} alias of {self.name} points at version {current} but the ledger "
+                f"{self.ledger.path} says {recorded}; the alias was moved outside sdft-ops or a crash "
+                "interrupted a promotion — re-establish the champion with "
+                "promote(version, reason, manual=True)")
+
+    def _set_champion(self, version: str | None) -> None:
+        if version is None:
+            self.client.delete_registered_model_alias(self.name, CHAMPION)
+        else:
+            self.client.set_registered_model_alias(self.name, CHAMPION, version)
+
+    def promote(self, version: str, reason: str, *, manual: bool = False,
+                expected_champion: str | None | _Parent = PARENT,
+                decision: "GateDecision | None" = None) -> LedgerEntry:
+        """Move `champion` to `version` and record it.
+
+        Gated (manual=False): refused if `decision` rejected, if the ledger and the alias disagree,
+        or if the current champion is not `expected_champion` (default: the version's parent
+        tag) → `StalePromotionError`. Manual: recorded as `manual_promote`; checks the expected
+        champion only when one is passed explicitly.
+        """
+        version = str(version)
+        if not reason.strip():
+            raise ValueError("give a reason for the promotion (it goes into the ledger)")
+        if decision is not None and not decision.promote and not manual:
+            raise RegistryError(f"the gate rejected version {version}: {'; '.join(decision.reasons)}; "
+                                "promote(..., manual=True) overrides it and is recorded as manual_promote")
+        self.get_version(version)
+        if isinstance(expected_champion, _Parent):
+            check, expected = not manual, (None if manual else self.parent_of(version))
+        else:
+            check, expected = True, expected_champion
+        action: Action = "manual_promote" if manual else "promote"
+        with self.ledger.locked() as ledger:
+            current = self._alias(CHAMPION)
+            if not manual:
+                self._check_consistent(champion_stack(ledger.entries), current)
+            if current == version:
+                raise RegistryError(f"version {version} is already the champion of {self.name}")
+            if check and expected != current:
+                raise StalePromotionError(
+                    f"stale promotion of version {version}: it expects champion {expected} but the "
+                    f"champion is now {current}; retrain from the current champion, or "
+                    "promote(..., manual=True) to override")
+            self._set_champion(version)
+            try:
+                entry = ledger.append(model_name=self.name, action=action, who=self.user, why=reason,
+                                      version=version, from_version=current, to_version=version)
+            except BaseException:
+                self._set_champion(current)  # keep alias and ledger in step
+                raise
+        self.client.set_model_version_tag(self.name, version, TAG_GATE_VERDICT, action)
+        return entry
+
+    def reject(self, version: str, reason: str, *, decision: "GateDecision | None" = None) -> LedgerEntry:
+        """Record a rejection; the champion stays; the `candidate` alias leaves `version`; with a
+        `decision`, its failed checks are kept in the version tag `sdft_ops.gate_reasons`."""
+        version = str(version)
+        if not reason.strip():
+            raise ValueError("give a reason for the rejection (it goes into the ledger)")
+        self.get_version(version)
+        with self.ledger.locked() as ledger:
+            current = self._alias(CHAMPION)
+            if current == version:
+                raise RegistryError(f"version {version} is the champion; use rollback(reason) to retire it")
+            entry = ledger.append(model_name=self.name, action="reject", who=self.user, why=reason,
+                                  version=version, from_version=current, to_version=current)
+        if self._alias(CANDIDATE) == version:
+            self.client.delete_registered_model_alias(self.name, CANDIDATE)
+        self.client.set_model_version_tag(self.name, version, TAG_GATE_VERDICT, "reject")
+        if decision is not None and decision.reasons:
+            reasons = "; ".join(decision.reasons)
+            self.client.set_model_version_tag(self.name, version, TAG_GATE_REASONS,
+                                              reasons[:MAX_TAG_VALUE_LENGTH])
+        return entry
+
+    def rollback(self, reason: str) -> LedgerEntry:
+        """Move `champion` back to the champion before the current one (per the ledger) and record it."""
+        if not reason.strip():
+            raise ValueError("give a reason for the rollback (it goes into the ledger)")
+        with self.ledger.locked() as ledger:
+            stack = champion_stack(ledger.entries)
+            current = self._alias(CHAMPION)
+            self._check_consistent(stack, current)
+            if len(stack) < 2:
+                raise RegistryError(f"{self.name} has no earlier champion to roll back to "
+                                    f"(ledger champions: {stack}); promote a version instead")
+            target = stack[-2]
+            self.get_version(target)
+            self._set_champion(target)
+            try:
+                entry = ledger.append(model_name=self.name, action="rollback", who=self.user, why=reason,
+                                      version=target, from_version=current, to_version=target)
+            except BaseException:
+                self._set_champion(current)
+                raise
+        self.client.set_model_version_tag(self.name, str(current), TAG_ROLLED_BACK, entry.when)
+        return entry
+
+    def set_gate_verdict(self, version: str, decision: "GateDecision") -> None:
+        """Tag `version` with the gate's verdict (promote/reject) without moving anything."""
+        self.client.set_model_version_tag(self.name, str(version), TAG_GATE_VERDICT, decision.verdict)
+
+    def load_champion(self, dst_path: str | os.PathLike | None = None) -> "PyFuncModel":
+        return load_champion(self.name, self.tracking_uri, home=self.home, dst_path=dst_path)
+
+
+def load_champion(name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None, *,
+                  home: str | os.PathLike | None = None, dst_path: str | os.PathLike | None = None,
+                  alias: str = CHAMPION) -> "PyFuncModel":
+    """`models:/<name>@champion` as a pyfunc model, resolved through an explicit client (works
+    with a local sqlite store and a remote server alike, without touching the global URI)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri, home)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias).version
+    except MlflowException as e:
+        if _not_found(e):
+            raise LookupError(f"models:/{name}@{alias} does not exist in {uri}; promote a version "
+                              "first (PolicyRegistry.promote)") from e
+        raise
+    source = client.get_model_version_download_uri(name, str(version))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri,
+                                                dst_path=None if dst_path is None else str(dst_path))
+    return mlflow.pyfunc.load_model(local)
