@@ -1,50 +1,199 @@
-"""`sdft-ops` command line.
+"""`sdft-ops` command line: every step of a domain update, and the registry's history.
 
-  sdft-ops demo                 the main job on the embedded default model
-  sdft-ops generate -p TEXT     greedy answer from a model (default: the embedded SmolLM2)
+  sdft-ops demo                        the main job: three gated domain updates on SmolLM2
+  sdft-ops update DEMOS.jsonl          train → eval → gate → register → promote if it passes
+  sdft-ops eval MODEL                  score a model folder on the configured suites
+  sdft-ops gate REPORT.json            apply the gate policy to an eval report
+  sdft-ops promote VERSION --reason .. manual promotion (recorded as such)
+  sdft-ops rollback --reason ..        champion → the previously promoted version (recorded)
+  sdft-ops history                     every promotion / rejection / rollback, oldest first
+  sdft-ops submit DEMOS.jsonl          validate a demo file and drop it in the Dagster inbox
+  sdft-ops generate -p TEXT            greedy answer from a model
+
+Exit codes: 0 success (a promoted update, a passing gate), 3 the gate rejected, 2 bad input or
+a failed step (the message says what to fix), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import time
+from pathlib import Path
 
 from sdft_ops.models import DEFAULT_MODEL, ModelSpec
 
 SAMPLE_PROMPT = "In one sentence, why do language models forget old skills when fine-tuned?"
+DEFAULT_CONFIG = "configs/update.yaml"
+EXIT_REJECTED = 3
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    from sdft_ops.settings import UpdateConfig
+
+    path = Path(args.config)
+    if not path.is_file():
+        if args.config != DEFAULT_CONFIG:
+            raise FileNotFoundError(f"config file not found: {path}")
+        return UpdateConfig()  # built-in defaults when the repo's config is not at hand
+    return UpdateConfig.from_yaml(path)
+
+
+def _registry(args, cfg):
+    from sdft_ops.registry import PolicyRegistry
+
+    return PolicyRegistry(cfg.tracking.tracking_uri, name=cfg.tracking.model_name,
+                          home=args.home, experiment=cfg.tracking.experiment)
+
+
+def _cmd_generate(args) -> int:
     from sdft_ops.chat import generate_text
     from sdft_ops.models import load_model
 
     started = time.perf_counter()
     model, tokenizer = load_model(ModelSpec(name_or_path=args.model, device=args.device))
     loaded = time.perf_counter()
-    answer = generate_text(
-        model, tokenizer, [{"role": "user", "content": args.prompt}], args.max_new_tokens
-    )
+    answer = generate_text(model, tokenizer, [{"role": "user", "content": args.prompt}],
+                           args.max_new_tokens)
     print(f"model:  {args.model}  (loaded in {loaded - started:.1f}s)")
     print(f"prompt: {args.prompt}")
     print(f"answer: {answer}")
     return 0
 
 
+def _cmd_update(args) -> int:
+    from sdft_ops.pipeline import demos_from, run_update
+
+    cfg = _config(args)
+    outcome = run_update(demos_from(args.demos), cfg, update_id=args.update_id, home=args.home)
+    print(outcome.decision.to_markdown())
+    print(f"\nversion {outcome.version}: {'PROMOTED to champion' if outcome.promoted else 'rejected'}"
+          f"  (MLflow run {outcome.run_id})")
+    return 0 if outcome.promoted else EXIT_REJECTED
+
+
+def _cmd_eval(args) -> int:
+    from sdft_ops.evaluation.report import build_report
+    from sdft_ops.home import data_home
+    from sdft_ops.pipeline import score_model, suites_for
+
+    cfg = _config(args)
+    home = data_home(args.home)
+    suites = suites_for(cfg, home)
+    results = score_model(args.model, f"path:{Path(args.model).resolve()}", suites, cfg, home)
+    reference = None
+    if args.reference:
+        reference = score_model(args.reference, f"path:{Path(args.reference).resolve()}", suites,
+                                cfg, home)
+    report = build_report(args.model, results, reference_ref=args.reference,
+                          reference_results=reference, seed=cfg.eval.seed, n_boot=cfg.eval.n_boot)
+    print(report.to_markdown())
+    if args.out:
+        print(f"report written to {report.save(args.out)}")
+    return 0
+
+
+def _cmd_gate(args) -> int:
+    from sdft_ops.gate import GatePolicy, decide_from_file
+
+    policy = GatePolicy.from_yaml(args.policy) if args.policy else _config(args).gate
+    decision = decide_from_file(args.report, policy, parent_version=args.parent,
+                                champion_version=args.champion)
+    print(decision.to_markdown())
+    return 0 if decision.promote else EXIT_REJECTED
+
+
+def _cmd_promote(args) -> int:
+    entry = _registry(args, _config(args)).promote(args.version, args.reason, manual=True)
+    print(f"champion: {entry.from_version} → {entry.to_version} (manual, by {entry.who})")
+    return 0
+
+
+def _cmd_rollback(args) -> int:
+    entry = _registry(args, _config(args)).rollback(args.reason)
+    print(f"champion rolled back: {entry.from_version} → {entry.to_version}")
+    return 0
+
+
+def _cmd_history(args) -> int:
+    entries = _registry(args, _config(args)).history()
+    if args.json:
+        print(json.dumps([e.model_dump(mode="json") for e in entries], indent=1))
+        return 0
+    if not entries:
+        print("no promotions, rejections or rollbacks recorded yet")
+    for e in entries:
+        print(f"{e.when}  {e.action:<15} v{e.version:<4} champion {e.from_version} → "
+              f"{e.to_version}  by {e.who}: {e.why}")
+    return 0
+
+
+def _cmd_submit(args) -> int:
+    from sdft_ops.data import load_demonstrations
+
+    dataset = load_demonstrations(args.demos)  # raises with file:line:field on bad input
+    inbox = Path(args.inbox)
+    inbox.mkdir(parents=True, exist_ok=True)
+    dest = inbox / Path(args.demos).name
+    if dest.exists():
+        raise FileExistsError(f"{dest} is already in the inbox; rename the file for a new update")
+    shutil.copyfile(args.demos, dest)
+    print(f"{len(dataset)} demonstrations ({dataset.domains}), hash {dataset.content_hash[:12]}, "
+          f"queued at {dest}; the Dagster inbox sensor turns it into a partition")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from sdft_ops.demo import run_demo
+
+    return run_demo(config_path=args.config if args.config != DEFAULT_CONFIG else None,
+                    home=args.home)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdft-ops", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="sdft-ops", description=__doc__.split("\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=DEFAULT_CONFIG, help="update config YAML")
+    common.add_argument("--home", default=None, help="data home (default $SDFT_OPS_HOME)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="greedy answer to one prompt")
-    gen.add_argument("-p", "--prompt", default=SAMPLE_PROMPT)
-    gen.add_argument("-m", "--model", default=DEFAULT_MODEL, help="built-in name, hub id or folder")
-    gen.add_argument("--device", default="cpu")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.set_defaults(func=_cmd_generate)
+    def add(name, func, help_text):
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
 
-    demo = sub.add_parser("demo", help="the main job on the embedded default model")
-    demo.set_defaults(func=_cmd_generate, prompt=SAMPLE_PROMPT, model=DEFAULT_MODEL,
-                      device="cpu", max_new_tokens=64)
+    add("demo", _cmd_demo, "the main job: three gated domain updates on the embedded SmolLM2")
+    p = add("update", _cmd_update, "train, evaluate, gate, register and maybe promote one update")
+    p.add_argument("demos", help="demonstrations JSONL")
+    p.add_argument("--update-id", default=None)
+    p = add("eval", _cmd_eval, "score a model folder on the configured suites")
+    p.add_argument("model", help="model folder (safetensors) or hub id")
+    p.add_argument("--reference", help="a second model to compute retention against")
+    p.add_argument("--out", help="write the EvalReport JSON here")
+    p = add("gate", _cmd_gate, "apply the gate policy to an eval report JSON")
+    p.add_argument("report")
+    p.add_argument("--policy", help="gate policy YAML (default: the config's gate)")
+    p.add_argument("--parent", default=None, help="the candidate's parent version")
+    p.add_argument("--champion", default=None, help="the current champion version")
+    p = add("promote", _cmd_promote, "manually promote a registered version to champion")
+    p.add_argument("version")
+    p.add_argument("--reason", required=True)
+    p = add("rollback", _cmd_rollback, "move champion back to the previous promoted version")
+    p.add_argument("--reason", required=True)
+    p = add("history", _cmd_history, "promotions, rejections and rollbacks, oldest first")
+    p.add_argument("--json", action="store_true")
+    p = add("submit", _cmd_submit, "validate a demo file and queue it in the Dagster inbox")
+    p.add_argument("demos")
+    p.add_argument("--inbox", default="inbox", help="the folder the inbox sensor watches")
+    p = add("generate", _cmd_generate, "greedy answer to one prompt")
+    p.add_argument("-p", "--prompt", default=SAMPLE_PROMPT)
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="built-in name, hub id or folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-new-tokens", type=int, default=64)
     return parser
 
 
@@ -52,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, ModuleNotFoundError) as e:
+    except KeyboardInterrupt:
+        print("sdft-ops: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ModuleNotFoundError, RuntimeError, KeyError) as e:
         print(f"sdft-ops: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,54 @@
+"""A chain of two updates through the library (real MLflow sqlite, tiny models): a gentle SDFT
+update is promoted; a damaging SFT update is rejected and the champion does not move."""
+
+import json
+
+import pytest
+
+from sdft_ops.domains import load_shipped
+from sdft_ops.pipeline import load_state, run_update, update_dir
+from sdft_ops.registry import PolicyRegistry
+from tests.pipeline_helpers import DAMAGING, tiny_base, tiny_config
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, home):
+    cfg = tiny_config(tiny_base(tmp_path_factory.mktemp("base")))
+    registry = PolicyRegistry(None, home=home)
+    first = run_update(load_shipped("tooluse")[0], cfg, update_id="u1", home=home, registry=registry)
+    bad_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=DAMAGING)})
+    second = run_update(load_shipped("knowledge")[0], bad_cfg, update_id="u2", home=home,
+                        registry=registry)
+    return registry, first, second
+
+
+def test_good_update_promoted_damaging_update_rejected(chain, home):
+    registry, first, second = chain
+    assert first.promoted and first.version == "1", first.decision.reasons
+    assert not second.promoted and second.version == "2"
+    drift = second.report.retention["drift"]
+    assert drift.difference < -0.05  # the damage is real and measured
+    assert any("drift" in r for r in second.decision.reasons)
+    assert registry.champion_version() == "1"
+    assert [(e.action, e.version) for e in registry.history()] == [("promote", "1"), ("reject", "2")]
+    # the second update trained from the champion, and its run is chained to the first
+    assert load_state(home, "u2")["parent"]["version"] == "1"
+    run = registry.client.get_run(second.run_id)
+    assert run.data.tags["sdft_ops.chain"].split("/") == [first.run_id, second.run_id]
+    assert "train/loss" in run.data.metrics and "eval/drift/retention" in run.data.metrics
+    decision = json.loads((update_dir(home, "u2") / "gate_decision.json").read_text())
+    assert decision["promote"] is False
+
+
+def test_earlier_domains_are_scored_at_later_updates(chain):
+    _, first, second = chain
+    assert "domain/tooluse" in first.report.results
+    assert {"domain/tooluse", "domain/knowledge"} <= set(second.report.results)
+    # the champion's results were cached from when it was the candidate: identical scores
+    assert (second.report.reference_results["domain/tooluse"].scores
+            == first.report.results["domain/tooluse"].scores)
