@@ -33,8 +33,8 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-demo: install
-	$(VENV)/bin/sdft-ops demo
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m assets.demo configs/demo.yaml
 
 test: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pytest -q

@@ -1,0 +1,54 @@
+"""The one resource every asset uses: where the data lives and which configs apply."""
+
+
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (_deep_merge(merged[key], value)
+                       if isinstance(value, dict) and isinstance(merged.get(key), dict) else value)
+    return merged
+
+
+class SdftOpsResource(dg.ConfigurableResource):
+    """Data home, update config (YAML in the repo) and launchpad overrides.
+
+    `overrides_yaml` is YAML merged over the config file, e.g. `train: {learning_rate: 1e-5}` or
+    `gate: {domain_rule: {min_gain: 0.05}}` — set it in the launchpad to change one run.
+    """
+
+    config_path: str = "configs/update.yaml"
+    home: str | None = None  # None: $SDFT_OPS_HOME, else ./.sdft_ops
+    inbox: str = "inbox"  # folder the inbox sensor watches for new demonstration files
+    overrides_yaml: str = ""
+
+    def settings(self):
+        from sdft_ops.settings import UpdateConfig
+
+        path = Path(self.config_path)
+        cfg = UpdateConfig.from_yaml(path) if path.is_file() else UpdateConfig()
+        if not self.overrides_yaml.strip():
+            return cfg
+        overrides = yaml.safe_load(self.overrides_yaml) or {}
+        if not isinstance(overrides, dict):
+            raise ValueError("overrides_yaml must be a YAML mapping, e.g. 'train: {max_steps: 10}'")
+        return UpdateConfig.model_validate(_deep_merge(cfg.model_dump(mode="json"), overrides))
+
+    def data_home(self) -> Path:
+        from sdft_ops.home import data_home
+
+        return data_home(self.home)
+
+    def registry(self):
+        from sdft_ops.pipeline import make_registry
+
+        return make_registry(self.settings(), self.data_home())
+
+    def submission(self, partition_key: str) -> Path:
+        """The validated demonstration file behind a partition (copied there by the sensor)."""
+        return self.data_home() / "submissions" / f"{partition_key}.jsonl"

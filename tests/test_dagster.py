@@ -1,0 +1,122 @@
+"""The Dagster skin on a real temporary instance with tiny models and a real sqlite MLflow."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from assets.partitions import domain_updates
+from assets.resources import SdftOpsResource
+from assets.sensors import gating_sensor, inbox_sensor
+from assets.updates import demo_dataset, eval_results, sdft_checkpoint
+from sdft_ops.domains import load_shipped
+from sdft_ops.pipeline import make_registry
+from tests.pipeline_helpers import DAMAGING, tiny_base, tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def _resource(tmp: Path, cfg, name: str) -> SdftOpsResource:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return SdftOpsResource(config_path=str(path), home=str(tmp / "home"), inbox=str(tmp / "inbox"))
+
+
+def _materialize(instance, sdft_ops, dataset, key):
+    dataset.write_jsonl(sdft_ops.submission(key))
+    instance.add_dynamic_partitions(domain_updates.name, [key])
+    return dg.materialize([demo_dataset, sdft_checkpoint, eval_results], partition_key=key,
+                          instance=instance, resources={"sdft_ops": sdft_ops}, raise_on_error=False)
+
+
+def test_good_update_promoted_damaging_update_blocked(tmp_path):
+    cfg = tiny_config(tiny_base(tmp_path / "base"))
+    good = _resource(tmp_path, cfg, "good")
+    bad = _resource(tmp_path, cfg.model_copy(update={"train": cfg.train.model_copy(update=DAMAGING)}),
+                    "bad")
+    with dg.instance_for_test() as instance:
+        first = _materialize(instance, good, load_shipped("tooluse")[0], "20261128-tooluse")
+        assert first.success
+        checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
+        assert checks == {"prior_retention": True, "safety_retention": True, "domain_learning": True}
+        with dg.build_sensor_context(instance=instance, resources={"sdft_ops": good}) as ctx:
+            result = gating_sensor(ctx)
+        (event,) = result.asset_events
+        assert event.partition == "20261128-tooluse", event
+        assert event.metadata["verdict"].value == "promote", event.metadata["reasons"]
+        registry = make_registry(good.settings(), good.data_home())
+        assert registry.champion_version() == "1"
+
+        second = _materialize(instance, bad, load_shipped("knowledge")[0], "20261128-knowledge")
+        checks = {e.check_name: e.passed for e in second.get_asset_check_evaluations()}
+        assert checks["prior_retention"] is False  # drift dropped: the blocking check fails
+        with dg.build_sensor_context(instance=instance, resources={"sdft_ops": bad},
+                                     cursor=result.cursor) as ctx:
+            result = gating_sensor(ctx)
+        (event,) = result.asset_events
+        assert event.metadata["verdict"].value == "reject"
+        assert "blocking check prior_retention failed" in event.metadata["reasons"].value
+        assert registry.champion_version() == "1"  # the champion did not move
+        assert [e.action for e in registry.history()] == ["promote", "reject"]
+        with dg.build_sensor_context(instance=instance, resources={"sdft_ops": bad},
+                                     cursor=result.cursor) as ctx:
+            assert isinstance(gating_sensor(ctx), dg.SkipReason)  # nothing new to gate
+
+
+def test_inbox_sensor_admits_valid_files_and_reports_bad_ones(tmp_path):
+    sdft_ops = SdftOpsResource(home=str(tmp_path / "home"), inbox=str(tmp_path / "inbox"))
+    inbox = Path(sdft_ops.inbox)
+    inbox.mkdir()
+    load_shipped("triage")[0].write_jsonl(inbox / "triage.jsonl")
+    (inbox / "broken.jsonl").write_text('{"id": "a", "prompt": "hi"}\n{not json\n')
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources={"sdft_ops": sdft_ops}) as ctx:
+            result = inbox_sensor(ctx)
+        (request,) = result.dynamic_partitions_requests
+        assert len(request.partition_keys) == 1 and request.partition_keys[0].endswith("-triage")
+        assert [r.partition_key for r in result.run_requests] == request.partition_keys
+        assert sdft_ops.submission(request.partition_keys[0]).is_file()
+        errors = (inbox / "broken.jsonl.errors.txt").read_text()
+        assert "broken.jsonl:1: demonstration" in errors and "broken.jsonl:2" in errors
+        with dg.build_sensor_context(instance=instance, resources={"sdft_ops": sdft_ops},
+                                     cursor=result.cursor) as ctx:
+            assert isinstance(inbox_sensor(ctx), dg.SkipReason)  # each file is seen once
+
+
+def test_definitions_validate():
+    done = subprocess.run([str(VENV_BIN / "dagster"), "definitions", "validate", "-f",
+                           "definitions.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Validation successful" in done.stderr + done.stdout
+
+
+def test_dagster_dev_serves_and_stops_on_sigint(tmp_path):
+    port = 3123
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "SDFT_OPS_HOME": str(tmp_path / "home")}
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    proc = subprocess.Popen([str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
+                             "-f", "definitions.py"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, info = time.time() + 120, None
+        while time.time() < deadline and info is None:
+            try:
+                info = urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).read()
+            except OSError:
+                time.sleep(1)
+        assert info and b"dagster_webserver_version" in info
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # dagster dev ignores SIGTERM in practice
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("dagster dev did not stop on SIGINT within 60 s")
