@@ -45,7 +45,7 @@ def demo_dataset(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource) -
 
 
 @dg.asset(partitions_def=domain_updates, group_name="domain_update", deps=[demo_dataset],
-          kinds={"pytorch", "mlflow"})
+          kinds={"pytorch", "mlflow"}, pool="gpu")
 def sdft_checkpoint(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource) -> dg.MaterializeResult:
     """The candidate: SDFT (or SFT) from the current champion, or the base model if none."""
     from sdft_ops.pipeline import load_state, train_step
@@ -66,7 +66,7 @@ def sdft_checkpoint(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource
 
 
 @dg.asset(partitions_def=domain_updates, group_name="domain_update", deps=[sdft_checkpoint],
-          kinds={"mlflow"},
+          kinds={"mlflow"}, pool="gpu",
           check_specs=[dg.AssetCheckSpec(name, asset="eval_results", blocking=True)
                        for name in BLOCKING_CHECKS]
           + [dg.AssetCheckSpec(name, asset="eval_results") for name in WARNING_CHECKS])
@@ -108,4 +108,5 @@ champion_promotion = dg.AssetSpec("champion_promotion", deps=[eval_results],
 
 domain_update_job = dg.define_asset_job(
     "domain_update", selection=[demo_dataset, sdft_checkpoint, eval_results],
-    partitions_def=domain_updates, description="train, evaluate and check one domain update")
+    partitions_def=domain_updates, description="train, evaluate and check one domain update",
+    tags={"sdft_ops/gpu": "true"})  # deploy/: the run queue limits runs with this tag per GPU
