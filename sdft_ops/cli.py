@@ -204,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdft-ops: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ModuleNotFoundError, RuntimeError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 — expected failures become exit 2 with the message
+        expected = (ValueError, OSError, ModuleNotFoundError, RuntimeError, KeyError)
+        if not isinstance(e, expected) and not type(e).__module__.startswith("mlflow"):
+            raise  # a bug: keep the traceback
         print(f"sdft-ops: error: {e}", file=sys.stderr)
         return 2
 
