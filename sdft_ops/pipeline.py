@@ -154,7 +154,8 @@ def suites_for(cfg: UpdateConfig, home: Path, current: DomainData | None = None)
             len(s.items), cfg.eval.safety_items, f"{cfg.eval.seed}:{s.name}")))
             for s in default_safety_suites()]
     if cfg.eval.instruction_following:
-        suites.append(default_instruction_suite(seed=cfg.eval.seed))
+        suites.append(default_instruction_suite(cfg.eval.instruction_following_items,
+                                                seed=cfg.eval.seed))
     if cfg.eval.drift and cfg.eval.drift_file:
         suites.append(DriftSuite("drift", load_drift_file(cfg.eval.drift_file)))
     elif cfg.eval.drift:

@@ -44,6 +44,7 @@ class EvalConfig(BaseModel):
     safety: bool = True
     safety_items: int | None = Field(None, ge=1, description="seeded subset per safety suite")
     instruction_following: bool = True
+    instruction_following_items: int | None = Field(None, ge=1, description="seeded subset")
     drift: bool = True
     drift_file: str | None = Field(
         None, description="drift answers of *your* base model (JSONL id/prompt/answer/provenance);"

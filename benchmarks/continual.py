@@ -1,0 +1,196 @@
+"""SDFT vs SFT continual learning on the shipped chain (tooluse → knowledge → triage), SmolLM2.
+
+Each *cell* is one method × learning rate × steps × seed: the whole chain trained from the base
+model, every update promoted (a permissive gate: this measures the methods, not the gate), with
+an accuracy matrix over the three domain suites and the prior suites. Cells are cached in
+`benchmarks/results/cache/continual/<cell>.json`, so an interrupted run resumes per cell.
+
+Budget (a 2-core CPU, ≤ 90 min): 2 learning rates × 2 step counts per method, 1 seed, eval on
+seeded subsets (see EVAL below). Per method the cell with the best new-domain mean is its
+"chosen" setting; all cells form the new-domain-accuracy vs prior-retention frontier.
+
+    .venv/bin/python benchmarks/continual.py [--grid small|tiny] [--seeds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from sdft_ops.settings import UpdateConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = RESULTS / "cache" / "continual"
+CHAIN = ("tooluse", "knowledge", "triage")
+EVAL = {"prior_sizes": {"arc_easy": 100, "arc_challenge": 100, "hellaswag": 40, "piqa": 100,
+                        "winogrande": 100, "mmlu": 100},
+        "instruction_following": False, "domain_items": 60, "n_boot": 1000}
+PERMISSIVE_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop": 1.0},
+                   "domain_rule": {"min_gain": -1.0},
+                   "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
+                   "required_suites": []}
+GRIDS = {
+    "small": {"sdft": [(5e-5, 20), (1e-4, 20), (5e-5, 40), (1e-4, 40)],
+              "sft": [(1e-5, 20), (5e-5, 20), (1e-5, 40), (5e-5, 40)]},
+    "tiny": {"sdft": [(1e-4, 10)], "sft": [(5e-5, 10)]},
+}
+
+
+def cell_config(method: str, lr: float, steps: int, seed: int) -> UpdateConfig:
+    base = UpdateConfig.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+    raw = base.model_dump(mode="json")
+    raw["train"] |= {"method": method, "learning_rate": lr, "max_steps": steps, "seed": seed,
+                     "checkpoint_every": 0}
+    raw["eval"] |= EVAL
+    raw["gate"] = PERMISSIVE_GATE
+    raw["ceiling"]["enabled"] = False
+    return UpdateConfig.model_validate(raw)
+
+
+def run_cell(method: str, lr: float, steps: int, seed: int) -> dict:
+    from sdft_ops.demo import run_chain
+    from sdft_ops.pipeline import run_update
+    from sdft_ops.registry import PolicyRegistry
+
+    name = f"{method}-lr{lr:g}-s{steps}-seed{seed}"
+    path = CACHE / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cfg, home = cell_config(method, lr, steps, seed), CACHE / "homes" / name
+    registry = PolicyRegistry(None, home=home, experiment=f"bench-{name}")
+    started = time.perf_counter()
+    outcomes, matrix, plot = run_chain(lambda ds: run_update(ds, cfg, home=home, registry=registry),
+                                       cfg, home, CHAIN)
+    seconds = time.perf_counter() - started
+    final, base = matrix.values[-1], matrix.values[0]
+    tasks = matrix.tasks
+    prior = [j for j, t in enumerate(tasks) if not t.startswith("domain/")
+             and not t.startswith("safety_") and t != "drift"]
+    domains = [j for j, t in enumerate(tasks) if t.startswith("domain/")]
+    refusal = tasks.index("safety_refusal") if "safety_refusal" in tasks else None
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    cell = {
+        "name": name, "method": method, "learning_rate": lr, "steps": steps, "seed": seed,
+        "matrix": matrix.model_dump(mode="json"),
+        "mean_prior_retention": sum(ratio(final[j], base[j]) for j in prior) / len(prior),
+        "safety_retention": ratio(final[refusal], base[refusal]) if refusal is not None else None,
+        "drift_delta": final[tasks.index("drift")] - base[tasks.index("drift")] if "drift" in tasks else None,
+        "final_new_task_mean": sum(final[j] for j in domains) / len(domains),
+        "bwt": matrix.bwt(), "forgetting": matrix.forgetting().mean,
+        "seconds_per_update": sum(o.extras.get("train_seconds", 0) for o in outcomes) / len(outcomes),
+        "wall_seconds_per_update": seconds / len(outcomes),
+        "retention_ci": {s: [o.report.retention[s].ratio_ci for o in outcomes][-1]
+                         for s in outcomes[-1].report.retention},
+        "plot": str(plot),
+    }
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell, indent=1))
+    return cell
+
+
+def frontier(cells: list[dict]) -> list[tuple[float, float]]:
+    """Pareto frontier of (new-domain accuracy ↑, prior retention ↑)."""
+    points = sorted(((c["final_new_task_mean"], c["mean_prior_retention"]) for c in cells),
+                    key=lambda p: (-p[0], -p[1]))
+    out, best = [], float("-inf")
+    for acc, ret in points:
+        if ret > best:
+            out.append((acc, ret))
+            best = ret
+    return out
+
+
+def pareto_dominates(a: list[dict], b: list[dict]) -> bool:
+    """At every new-domain accuracy `a` reaches, `a`'s retention ≥ the best of `b` at ≥ it."""
+    for acc, ret in frontier(a):
+        rivals = [c["mean_prior_retention"] for c in b if c["final_new_task_mean"] >= acc]
+        if rivals and max(rivals) > ret:
+            return False
+    return True
+
+
+def summarize(cells: list[dict]) -> dict:
+    by = {m: [c for c in cells if c["method"] == m] for m in ("sdft", "sft")}
+    chosen = {m: max(cs, key=lambda c: c["final_new_task_mean"]) for m, cs in by.items() if cs}
+    keys = ("mean_prior_retention", "safety_retention", "final_new_task_mean", "bwt", "forgetting",
+            "seconds_per_update", "learning_rate", "steps")
+    out = {m: {k: c[k] for k in keys} for m, c in chosen.items()}
+    if len(chosen) == 2:
+        # forgetting at matched new-domain accuracy: the SFT cell closest to SDFT's chosen one
+        target = chosen["sdft"]["final_new_task_mean"]
+        match = min(by["sft"], key=lambda c: abs(c["final_new_task_mean"] - target))
+        out["matched"] = {"sdft_forgetting": chosen["sdft"]["forgetting"],
+                          "sft_forgetting": match["forgetting"], "sft_cell": match["name"],
+                          "accuracy_gap": match["final_new_task_mean"] - target}
+        out["sdft_pareto_dominates"] = pareto_dominates(by["sdft"], by["sft"])
+        out["frontier"] = {m: frontier(cs) for m, cs in by.items()}
+    return out
+
+
+def write(summary: dict, cells: list[dict]) -> None:
+    from sdft_ops.evaluation.metrics import AccuracyMatrix
+    from sdft_ops.evaluation.report import plot_accuracy_matrix
+
+    (RESULTS / "continual.json").write_text(json.dumps({**summary, "cells": cells}, indent=1))
+    lines = ["# Continual learning: SDFT vs SFT on tooluse → knowledge → triage (SmolLM2-135M)", "",
+             "Grid, eval subsets and gate: see `benchmarks/continual.py` (every update promoted).", "",
+             "| cell | new-domain mean | prior retention | safety retention | drift Δ | BWT | forgetting | s/update |",
+             "|---|---|---|---|---|---|---|---|"]
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for c in cells:
+        lines.append(f"| {c['name']} | {f(c['final_new_task_mean'])} | {f(c['mean_prior_retention'])} | "
+                     f"{f(c['safety_retention'])} | {f(c['drift_delta'])} | {f(c['bwt'])} | "
+                     f"{f(c['forgetting'])} | {c['seconds_per_update']:.0f} |")
+    lines += ["", "Chosen per method (best new-domain mean):", "", "```",
+              json.dumps({k: v for k, v in summary.items() if k != "frontier"}, indent=1), "```"]
+    for c in cells:
+        png = RESULTS / f"continual_{c['name']}.png"
+        plot_accuracy_matrix(AccuracyMatrix.model_validate(c["matrix"]), png)
+        lines.append(f"![{c['name']}]({png.name})")
+    frontier_png = _plot_frontier(cells, RESULTS / "continual_frontier.png")
+    lines.append(f"![frontier]({frontier_png.name})")
+    (RESULTS / "continual.md").write_text("\n".join(lines) + "\n")
+
+
+def _plot_frontier(cells: list[dict], path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for method, marker in (("sdft", "o"), ("sft", "s")):
+        pts = [(c["final_new_task_mean"], c["mean_prior_retention"]) for c in cells
+               if c["method"] == method]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, label=method)
+    ax.set_xlabel("new-domain accuracy (mean of 3)")
+    ax.set_ylabel("mean prior retention")
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.legend()
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid", choices=GRIDS, default="small")
+    parser.add_argument("--seeds", type=int, default=1)
+    args = parser.parse_args()
+    cells = []
+    for method, settings in GRIDS[args.grid].items():
+        for lr, steps in settings:
+            for seed in range(args.seeds):
+                cell = run_cell(method, lr, steps, seed)
+                print(f"{cell['name']}: new {cell['final_new_task_mean']:.3f}, retention "
+                      f"{cell['mean_prior_retention']:.3f}, forgetting {cell['forgetting']:.3f}",
+                      flush=True)
+                cells.append(cell)
+    summary = summarize(cells)
+    write(summary, cells)
+    print(json.dumps({k: v for k, v in summary.items() if k != "frontier"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
