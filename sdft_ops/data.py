@@ -259,7 +259,7 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _field_path(loc: tuple[str | int, ...]) -> str | None:
+def field_path(loc: tuple[str | int, ...]) -> str | None:
     """('prompt', 'chat', 1, 'content') -> 'prompt[1].content'."""
     path = ""
     for part in loc:
@@ -296,7 +296,7 @@ def _parse_record(text: str) -> tuple[Demonstration | None, list[tuple[str | Non
         record = Demonstration.model_validate(obj)
         _canonical(record.model_dump(mode="json")).encode("utf-8")  # hashing needs encodable text
     except ValidationError as exc:
-        return None, [(_field_path(e["loc"]), _friendly(e)) for e in exc.errors()]
+        return None, [(field_path(e["loc"]), _friendly(e)) for e in exc.errors()]
     except UnicodeEncodeError:
         return None, [(None, "contains an unpaired surrogate escape such as \\ud800; use the "
                              "real character or a complete surrogate pair")]

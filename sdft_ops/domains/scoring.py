@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any
 
+from sdft_ops.evaluation.scorers import same_json
+
 _DECODER = json.JSONDecoder()
 _DIGIT_GROUPING = re.compile(r"(?<=\d),(?=\d{3}\b)")  # 1,299 -> 1299 (not "3,4")
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+")  # numbers (with decimals) and words
@@ -33,17 +35,8 @@ def extract_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def json_equal(a: Any, b: Any) -> bool:
-    """Structural equality of parsed JSON that keeps booleans apart from numbers."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
+# Structural JSON equality that keeps booleans apart from numbers (shared with the eval scorers).
+json_equal = same_json
 
 
 def json_match(prediction: str, reference: str) -> float:

@@ -63,16 +63,16 @@ def extract_json(text: str) -> Any:
     return NO_JSON
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_json(a: Any, b: Any) -> bool:
     """Structural equality where bools are not numbers (Python says True == 1)."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, int | float) and isinstance(b, int | float):
         return a == b
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
     return type(a) is type(b) and a == b
 
 
@@ -81,7 +81,7 @@ def json_equal(prediction: str, reference: str) -> float:
     if expected is NO_JSON:
         raise ValueError(f"json_equal scorer: the reference is not JSON: {reference[:80]!r}")
     found = extract_json(prediction)
-    return float(found is not NO_JSON and _same(found, expected))
+    return float(found is not NO_JSON and same_json(found, expected))
 
 
 SCORERS: dict[str, Scorer] = {

@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sdft_ops.data import DataProblem
+from sdft_ops.data import DataProblem, field_path
 
-_PROMPT_TAGS = {"text", "chat"}  # the Tag()s of sdft_ops.data.Prompt
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
 
@@ -34,18 +33,6 @@ def resource_path(name: str) -> Path:
     Located from this file rather than importlib.resources: under an editable install
     `sdft_ops` can import as a namespace package, which `files()` rejects."""
     return Path(__file__).resolve().parent.parent / "resources" / "eval" / name
-
-
-def field_path(loc: tuple[str | int, ...]) -> str | None:
-    """('prompt', 'chat', 1, 'content') -> 'prompt[1].content' (drops the union tags of
-    `sdft_ops.data.Prompt`, which are not field names)."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part not in _PROMPT_TAGS:
-            path += f".{part}" if path else part
-    return path or None
 
 
 def _friendly(error: dict[str, Any]) -> str:
