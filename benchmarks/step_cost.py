@@ -99,12 +99,17 @@ def write(results: list[dict], rows: list[dict]) -> None:
     main = results[0]
     payload = {**main, "per_model": results, "raw": rows,
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               # timings are only comparable on a quiet machine: record what else was running
+               "load_average_at_end": os.getloadavg(),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"),
                "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (RESULTS / "step_cost.json").write_text(json.dumps(payload, indent=1))
     lines = ["# Step cost: SDFT vs SFT vs TRL SDFTTrainer", "",
              f"{payload['machine']}; {main['precision']}; 8 prompts/step, 64 new tokens, full "
              f"fine-tuning; mean of {main['timed_steps']} steps after 1 warm-up; each method in "
-             "its own process (peak RSS is its own). `python benchmarks/step_cost.py`.", "",
+             "its own process (peak RSS is its own). `python benchmarks/step_cost.py`. "
+             f"Load average at the end {os.getloadavg()[0]:.1f}, OMP_NUM_THREADS "
+             f"{os.environ.get('OMP_NUM_THREADS', 'default')}.", "",
              "| model | SDFT s/step | SFT s/step | TRL s/step | SDFT/SFT | TRL/SDFT | peak RSS SDFT (GB) |",
              "|---|---|---|---|---|---|---|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
