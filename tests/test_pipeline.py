@@ -52,3 +52,21 @@ def test_earlier_domains_are_scored_at_later_updates(chain):
     # the champion's results were cached from when it was the candidate: identical scores
     assert (second.report.reference_results["domain/tooluse"].scores
             == first.report.results["domain/tooluse"].scores)
+
+
+def test_demo_chain_prints_a_summary_and_the_accuracy_matrix(tmp_path):
+    from sdft_ops.demo import run_chain, summary_lines
+
+    cfg = tiny_config(tiny_base(tmp_path / "base"))
+    home = tmp_path / "home"
+    registry = PolicyRegistry(None, home=home)
+    outcomes, matrix, plot = run_chain(
+        lambda ds: run_update(ds, cfg, home=home, registry=registry), cfg, home,
+        chain=("tooluse", "triage"))
+    assert [o.domain for o in outcomes] == ["tooluse", "triage"]
+    assert matrix.stages == ["base", "tooluse", "triage"]
+    assert matrix.tasks[:2] == ["domain/tooluse", "domain/triage"] and "drift" in matrix.tasks
+    assert plot.is_file() and plot.stat().st_size > 0
+    text = "\n".join(summary_lines(outcomes, matrix, plot, registry.tracking_uri))
+    assert "version 1: PROMOTED" in text and "new domain tooluse" in text
+    assert "accuracy-matrix plot" in text and "BWT" in text
