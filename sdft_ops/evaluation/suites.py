@@ -225,7 +225,8 @@ class _GenerationRecord(BaseModel):
 
     id: NonEmptyStr
     prompt: Prompt
-    scorer: Literal["exact_match", "json_equal", "contains", "regex"]  # before reference: its check reads it
+    # Declared before `reference`, whose check reads it. Names = scorers.SCORERS (tested).
+    scorer: Literal["exact_match", "json_equal", "contains", "regex"]
     reference: NonEmptyStr
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -282,7 +283,8 @@ def load_suite_file(path: str | os.PathLike, name: str | None = None,
     kinds: dict[str, int] = {}
 
     def pick(line_no: int, obj: dict[str, Any]):
-        kind = "choice" if "choices" in obj or "context" in obj else "generation" if "prompt" in obj else None
+        kind = ("choice" if "choices" in obj or "context" in obj
+                else "generation" if "prompt" in obj else None)
         if kind is None:
             return ("cannot tell the record kind: give 'prompt' (generation) or 'context' and "
                     "'choices' (multiple choice)")

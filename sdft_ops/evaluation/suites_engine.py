@@ -107,7 +107,10 @@ def _truncate(context: Sequence[int], continuation: Sequence[int], max_length: i
     return tuple(context[-keep:])
 
 
-def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+def _right_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(ids, attention mask), each (len(rows), longest row), padding on the right."""
     import torch
 
     width = max(len(row) for row in rows)
@@ -133,7 +136,9 @@ def _chunks(groups: list[tuple[tuple[int, ...], list[int]]], rows_per_batch: int
         yield chunk
 
 
-def _token_scores(logits: "torch.Tensor", targets: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _token_scores(
+    logits: "torch.Tensor", targets: "torch.Tensor"
+) -> tuple["torch.Tensor", "torch.Tensor"]:
     """logits (..., V), targets (...) -> (log-prob of each target, target is the argmax)."""
     logits = logits.float()
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
