@@ -32,22 +32,6 @@ from sdft_ops.tracking import (
 )
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(request, tmp_path_factory) -> Path:
-    """An empty, migrated MLflow sqlite db to copy per test: creating one runs MLflow's migrations
-    (~8 s), copying it takes milliseconds. Kept in pytest's cache (per MLflow version) when the
-    cache plugin is on, else once per session."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    cache = getattr(request.config, "cache", None)
-    folder = Path(cache.mkdir("sdft_ops_mlflow")) if cache is not None else tmp_path_factory.getbasetemp()
-    path = folder / f"empty-mlflow-{mlflow.__version__}.db"
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        MlflowClient(f"sqlite:///{tmp}").search_experiments()
-        os.replace(tmp, path)  # atomic: concurrent sessions never see half a db
-    return path
 
 
 @pytest.fixture
