@@ -83,6 +83,22 @@ def test_on_policy_the_student_trains_on_its_own_samples(monkeypatch):
         assert torch.equal(s_tokens, rollout.completion_ids) and torch.equal(t_tokens, s_tokens)
 
 
+def test_demo_length_cap_shortens_samples_to_a_multiple_of_the_longest_demo(monkeypatch):
+    model, tok = build_tiny()
+    lengths = []
+    real_decode = train_module.decode
+    monkeypatch.setattr(train_module, "decode", lambda *a, **k: lengths.append(k["max_new_tokens"])
+                        or real_decode(*a, **k))
+    demos = _demos()
+    longest = max(len(tok(d.demonstration, add_special_tokens=False)["input_ids"]) for d in demos) + 1
+    cfg = SDFTConfig(max_steps=1, **FAST | {"max_new_tokens": 64})
+    assert train(model, tok, demos, cfg, progress=False).max_new_tokens == 64
+    result = train(model, tok, demos, cfg.model_copy(update={"demo_length_cap": 0.5}), progress=False)
+    assert lengths == [64, -(-longest // 2)] and result.max_new_tokens == lengths[-1]
+    high = cfg.model_copy(update={"demo_length_cap": 100.0})  # never above max_new_tokens
+    assert train(model, tok, demos, high, progress=False).max_new_tokens == 64
+
+
 def test_sdft_trains_student_not_teacher_with_finite_loss():
     model, tok = build_tiny()
     before, seen = _weights(model), []

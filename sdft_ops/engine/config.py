@@ -70,6 +70,10 @@ class SDFTConfig(BaseModel):
     # on-policy generation (student samples; the paper: one sample per prompt at T = 1.0)
     max_prompt_tokens: int = Field(512, ge=8)
     max_new_tokens: int = Field(64, ge=1)
+    demo_length_cap: float | None = Field(
+        None, gt=0, description="also cap samples at this × the longest demonstration (tokens, "
+        "EOS included): a student rambling far past any demonstration costs decode time and "
+        "teaches nothing the first tokens do not; None: max_new_tokens only")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1.0)
     samples_per_prompt: Literal[1] = 1

@@ -60,6 +60,7 @@ class TrainResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     demo_tokens_cut: int = 0  # demonstration tokens dropped to fit teacher prompts
+    max_new_tokens: int = 0  # sample length used (after `demo_length_cap`)
 
     @property
     def final(self) -> dict[str, float]:
@@ -160,6 +161,10 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                          f"{world} processes × {cfg.grad_accum_steps} accumulation steps")
     examples = prepare_examples(demos, tokenizer, cfg)
     total = cfg.max_steps or cfg.epochs * math.ceil(len(examples) / cfg.prompts_per_step)
+    if cfg.demo_length_cap:  # one sample length for the whole run, fixed by the data
+        longest = max(len(e.target) for e in examples)
+        cfg = cfg.model_copy(update={"max_new_tokens": min(
+            cfg.max_new_tokens, math.ceil(cfg.demo_length_cap * longest))})
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -174,7 +179,8 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                                 fingerprint=cfg.fingerprint())
     model.train()
     result, began = TrainResult(steps=total, seconds=0.0,
-                                demo_tokens_cut=sum(e.demo_tokens_cut for e in examples)), time.perf_counter()
+                                demo_tokens_cut=sum(e.demo_tokens_cut for e in examples),
+                                max_new_tokens=cfg.max_new_tokens), time.perf_counter()
     bar = tqdm(range(start, total), initial=start, total=total, disable=not progress or rank != 0,
                desc=f"{cfg.method} update", unit="step")
     for step in bar:
