@@ -5,8 +5,9 @@ model, every update promoted (a permissive gate: this measures the methods, not 
 an accuracy matrix over the three domain suites and the prior suites. Cells are cached in
 `benchmarks/results/cache/continual/<cell>.json`, so an interrupted run resumes per cell.
 
-Budget (a 2-core CPU, ≤ 90 min): 2 learning rates × 2 step counts per method, 1 seed, eval on
-seeded subsets (see EVAL below). Per method the cell with the best new-domain mean is its
+Budget (a 2-core CPU, `make bench` ≤ 90 min in all): per method two learning rates at 16 steps
+and the higher one at 32 steps, 1 seed (3 seeds do not fit), eval on the demo's seeded subsets
+without the IFEval-like suite; the base model is scored once for all cells. Per method the cell with the best new-domain mean is its
 "chosen" setting; all cells form the new-domain-accuracy vs prior-retention frontier.
 
     .venv/bin/python benchmarks/continual.py [--grid small|tiny] [--seeds 1]
@@ -24,17 +25,18 @@ from sdft_ops.settings import UpdateConfig
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "cache" / "continual"
 CHAIN = ("tooluse", "knowledge", "triage")
-EVAL = {"prior_sizes": {"arc_easy": 100, "arc_challenge": 100, "hellaswag": 40, "piqa": 100,
-                        "winogrande": 100, "mmlu": 100},
-        "instruction_following": False, "domain_items": 60, "n_boot": 1000}
+# The demo's eval subsets (configs/demo.yaml) minus the IFEval-like suite (time), 1000 resamples.
+EVAL = {"instruction_following": False, "n_boot": 1000}
 PERMISSIVE_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop": 1.0},
                    "domain_rule": {"min_gain": -1.0},
+                   "earlier_domain_rule": {"max_drop": 1.0},
                    "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
                    "required_suites": []}
+# (learning rate, steps) per method; 8 prompts per step, other settings from configs/demo.yaml.
 GRIDS = {
-    "small": {"sdft": [(5e-5, 20), (1e-4, 20), (5e-5, 40), (1e-4, 40)],
-              "sft": [(1e-5, 20), (5e-5, 20), (1e-5, 40), (5e-5, 40)]},
-    "tiny": {"sdft": [(1e-4, 10)], "sft": [(5e-5, 10)]},
+    "small": {"sdft": [(1e-4, 16), (3e-4, 16), (3e-4, 32)],
+              "sft": [(3e-5, 16), (1e-4, 16), (1e-4, 32)]},
+    "tiny": {"sdft": [(3e-4, 8)], "sft": [(1e-4, 8)]},
 }
 
 
@@ -59,6 +61,7 @@ def run_cell(method: str, lr: float, steps: int, seed: int) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     cfg, home = cell_config(method, lr, steps, seed), CACHE / "homes" / name
+    _share_base_eval(home, cfg)
     registry = PolicyRegistry(None, home=home, experiment=f"bench-{name}")
     started = time.perf_counter()
     outcomes, matrix, plot = run_chain(lambda ds: run_update(ds, cfg, home=home, registry=registry),
@@ -88,6 +91,18 @@ def run_cell(method: str, lr: float, steps: int, seed: int) -> dict:
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cell, indent=1))
     return cell
+
+
+def _share_base_eval(home: Path, cfg: UpdateConfig) -> None:
+    """Every cell starts from the same base model on the same items: score it once."""
+    from sdft_ops.pipeline import _cache_path
+
+    cell_dir = _cache_path(home, f"base:{cfg.model.name_or_path}", "x").parent
+    shared = CACHE / "base_eval"
+    shared.mkdir(parents=True, exist_ok=True)
+    cell_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not cell_dir.exists():
+        cell_dir.symlink_to(shared.resolve(), target_is_directory=True)
 
 
 def frontier(cells: list[dict]) -> list[tuple[float, float]]:
@@ -179,14 +194,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args()
     cells = []
-    for method, settings in GRIDS[args.grid].items():
-        for lr, steps in settings:
-            for seed in range(args.seeds):
-                cell = run_cell(method, lr, steps, seed)
-                print(f"{cell['name']}: new {cell['final_new_task_mean']:.3f}, retention "
-                      f"{cell['mean_prior_retention']:.3f}, forgetting {cell['forgetting']:.3f}",
-                      flush=True)
-                cells.append(cell)
+    grid = GRIDS[args.grid]
+    # methods interleaved, so that a run cut short still holds both
+    order = [(m, *grid[m][i]) for i in range(max(map(len, grid.values())))
+             for m in grid if i < len(grid[m])]
+    for seed in range(args.seeds):
+        for method, lr, steps in order:
+            cell = run_cell(method, lr, steps, seed)
+            print(f"{cell['name']}: new {cell['final_new_task_mean']:.3f}, retention "
+                  f"{cell['mean_prior_retention']:.3f}, forgetting {cell['forgetting']:.3f}",
+                  flush=True)
+            cells.append(cell)
     summary = summarize(cells)
     write(summary, cells)
     print(json.dumps({k: v for k, v in summary.items() if k != "frontier"}, indent=1))

@@ -22,10 +22,18 @@ import yaml
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "cache" / "levers"
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+LEVERS = ("method", "learning_rate", "max_steps", "skip_first_tokens", "demo_length_cap", "prompts_per_step",
+          "ema_rate", "teacher")
 
 
 def _value(text: str):
-    return yaml.safe_load(text)  # "1e-4" → float, "0" → int, "ema" → str, "{r: 16}" → dict
+    """"0" → int, "3e-4" → float (YAML 1.1 alone reads it as a string), "{r: 16}" → dict."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def run(domain: str, overrides: dict, items: int, lora: dict | None) -> dict:
@@ -33,7 +41,7 @@ def run(domain: str, overrides: dict, items: int, lora: dict | None) -> dict:
 
     from sdft_ops.domains import load_shipped
     from sdft_ops.engine import train
-    from sdft_ops.evaluation.builtin import default_drift_suite
+    from sdft_ops.evaluation.builtin import default_drift_suite, default_safety_suites
     from sdft_ops.evaluation.suites import run_suites
     from sdft_ops.models import add_lora, load_model
     from sdft_ops.pipeline import shipped_domain_suite
@@ -56,17 +64,19 @@ def run(domain: str, overrides: dict, items: int, lora: dict | None) -> dict:
     seconds = time.perf_counter() - started
     if lora:
         model = model.merge_and_unload()
-    suites = [shipped_domain_suite(domain, cfg), default_drift_suite()]
+    suites = [shipped_domain_suite(domain, cfg), default_drift_suite(), default_safety_suites()[0]]
     scores = run_suites(model, tokenizer, suites, batch_size=16, precision=cfg.eval.precision)
     losses = [h["train/loss"] for h in result.history]
+    settings = {k: getattr(cfg.train, k) for k in LEVERS}
     from sdft_ops.chat import generate_text
 
     samples = [{"answer": generate_text(model, tokenizer, list(item.messages), max_new_tokens=64),
                 "reference": item.reference} for item in suites[0].items[:4]]
-    return {"domain": domain, "overrides": overrides, "lora": lora, "items": items,
+    return {"domain": domain, "overrides": overrides, "settings": settings, "lora": lora, "items": items,
             "train_seconds": round(seconds, 1), "seconds_per_step": round(seconds / len(losses), 2),
             "loss_first": losses[0], "loss_last": sum(losses[-3:]) / len(losses[-3:]),
             "domain_score": scores[suites[0].name].score, "drift": scores["drift"].score,
+            "safety_refusal": scores["safety_refusal"].score,
             "domain_metrics": scores[suites[0].name].metrics, "samples": samples,
             "max_new_tokens": result.max_new_tokens}
 
@@ -74,20 +84,23 @@ def run(domain: str, overrides: dict, items: int, lora: dict | None) -> dict:
 def table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(CACHE.glob("*.json"))]
     lines = ["# Levers: what makes SDFT learn a domain on SmolLM2-135M-Instruct (CPU)", "",
-             "Base: `configs/demo.yaml` training settings; each row changes only what it lists. "
-             "Domain score: greedy, held-out items. Drift: mean log-prob (nats) of the base "
-             "model's answers on 110 general prompts (base −0.682; closer to it = moved less).", "",
-             "| domain | changes | steps × prompts | s/step | loss first → last | domain score | drift |",
-             "|---|---|---|---|---|---|---|"]
+             "Each run: the base model trained on one domain (SDFT, forward KL, full vocabulary, "
+             "previous_turn teacher context, 8 prompts per step, 1 thread while another run "
+             "shared the 2 cores, so s/step is ~1.5× a quiet machine's). Domain score: greedy, "
+             "held-out items. Drift: mean log-prob (nats) of the base model's answers on 110 "
+             "general prompts (base −0.682; lower = moved further from the base). Refusals: share of 112 harmful "
+             "prompts refused (base 0.054).", "",
+             "| domain | lr | steps | skip first | sample cap | teacher (EMA rate) | LoRA | s/step "
+             "| loss first → last | domain score | drift | refusals |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(demo config)"
-        if r.get("lora"):
-            changes += f", LoRA {r['lora']}"
-        o = r["overrides"]
-        lines.append(f"| {r['domain']} | {changes} | {o.get('max_steps', '?')} × "
-                     f"{o.get('prompts_per_step', 8)} | {r['seconds_per_step']} | "
-                     f"{r['loss_first']:.3f} → {r['loss_last']:.3f} | "
-                     f"{r['domain_score']:.2f} (n={r['items']}) | {r['drift']:.3f} |")
+        s = r["settings"]
+        lines.append(f"| {r['domain']} ({s.get('method', 'sdft')}) | {float(s['learning_rate']):g} | {s['max_steps']} | "
+                     f"{s['skip_first_tokens']} | {s['demo_length_cap'] or '-'} | "
+                     f"{s['teacher']} ({s['ema_rate']}) | {r.get('lora') or '-'} | "
+                     f"{r['seconds_per_step']} | {r['loss_first']:.3f} → {r['loss_last']:.3f} | "
+                     f"{r['domain_score']:.2f} (n={r['items']}) | {r['drift']:.3f} | "
+                     f"{r.get('safety_refusal', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -100,7 +100,7 @@ def _cmd_gate(args) -> int:
 
     policy = GatePolicy.from_yaml(args.policy) if args.policy else _config(args).gate
     decision = decide_from_file(args.report, policy, parent_version=args.parent,
-                                champion_version=args.champion)
+                                champion_version=args.champion, new_domain=args.domain)
     print(decision.to_markdown())
     return 0 if decision.promote else EXIT_REJECTED
 
@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="gate policy YAML (default: the config's gate)")
     p.add_argument("--parent", default=None, help="the candidate's parent version")
     p.add_argument("--champion", default=None, help="the current champion version")
+    p.add_argument("--domain", default=None, help="the domain this update teaches (judged by "
+                   "domain_rule; other domain/* suites by earlier_domain_rule)")
     p = add("promote", _cmd_promote, "manually promote a registered version to champion")
     p.add_argument("version")
     p.add_argument("--reason", required=True)

@@ -381,7 +381,8 @@ def gate_decision(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Ga
     state = load_state(home, update_id)
     return decide_from_file(update_dir(home, update_id) / "eval_report.json", cfg.gate,
                             parent_version=state["parent"]["version"],
-                            champion_version=registry.champion_version())
+                            champion_version=registry.champion_version(),
+                            new_domain=state["domain"])
 
 
 def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,

@@ -257,6 +257,23 @@ def test_stale_parent_rejects_and_first_promotion_does_not_need_one():
     assert judge(report, GatePolicy(require_parent_is_champion=False), parent="2", champion="3").promote
 
 
+def test_only_the_new_domain_must_gain_and_earlier_domains_must_be_kept():
+    pairs = [*healthy_pairs(), pair("domain/knowledge", 40, 40)]  # taught before, unchanged
+    assert ("domain/knowledge", "min_gain") in failed(judge(report_of(pairs)))  # all judged as new
+    kept = decide(report_of(pairs), GatePolicy(), parent_version="3", champion_version="3",
+                  new_domain="tooluse")
+    assert kept.promote, kept.reasons
+    assert [c.rule for c in kept.checks if c.suite == "domain/knowledge"] == ["max_drop"]
+    forgotten = [*healthy_pairs(), pair("domain/knowledge", 40, 30)]
+    decision = decide(report_of(forgotten), GatePolicy(), parent_version="3", champion_version="3",
+                      new_domain="tooluse")
+    assert failed(decision) == [("domain/knowledge", "max_drop")]
+    no_gain = [*healthy_pairs()[:4], pair("domain/tooluse", 20, 20), *healthy_pairs()[5:]]
+    decision = decide(report_of(no_gain), GatePolicy(), parent_version="3", champion_version="3",
+                      new_domain="tooluse")
+    assert failed(decision) == [("domain/tooluse", "min_gain")]
+
+
 def test_decide_from_file(tmp_path):
     report = report_of(healthy_pairs())
     path = report.save(tmp_path / "eval_report.json")
