@@ -55,8 +55,10 @@ def summary_lines(outcomes, matrix: AccuracyMatrix, plot: Path, tracking_uri: st
                              f"[{ret.difference_ci[0]:+.3f}, {ret.difference_ci[1]:+.3f}]")
         if not o.promoted:
             lines += [f"  gate: {reason}" for reason in o.decision.reasons]
-    lines += ["", f"average accuracy {matrix.average_accuracy():.3f}   BWT {matrix.bwt():+.3f}   "
-              f"forgetting {matrix.forgetting().mean:.3f}",
+    domains = matrix.select([t for t in matrix.tasks if t.startswith("domain/")])
+    lines += ["", f"new domains, serving model after each update: average accuracy "
+              f"{domains.average_accuracy():.3f}   BWT {domains.bwt():+.3f}   "
+              f"forgetting {domains.forgetting().mean:.3f}",
               f"accuracy-matrix plot: {plot}",
               f"MLflow: {tracking_uri}  (browse: mlflow ui --backend-store-uri {tracking_uri})"]
     return lines

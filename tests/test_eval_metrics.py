@@ -225,6 +225,16 @@ def test_accuracy_matrix_hand_computed():
     assert f.mean == pytest.approx(0.10)
 
 
+def test_select_keeps_stages_and_learned_at_of_the_chosen_tasks_only():
+    m = chain_matrix().select(["A", "B"])
+    assert m.tasks == ["A", "B"] and m.learned_at == {"A": 1, "B": 2}
+    # only A is learned before the last stage: BWT = 0.65 - 0.70, forgetting 0.05
+    assert m.bwt() == pytest.approx(-0.05) and m.forgetting().mean == pytest.approx(0.05)
+    assert m.average_accuracy() == pytest.approx((0.65 + 0.65) / 2)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        chain_matrix().select(["drift"])
+
+
 def test_improvement_is_positive_bwt_and_zero_forgetting():
     m = AccuracyMatrix(tasks=["prior", "A"], stages=["base", "update1", "update2"],
                        values=[[0.5, 0.1], [0.6, 0.4], [0.7, 0.5]], learned_at={"A": 1})

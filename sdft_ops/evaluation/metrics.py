@@ -286,6 +286,17 @@ class AccuracyMatrix(BaseModel):
     def _array(self) -> np.ndarray:
         return np.asarray(self.values, dtype=np.float64).reshape(len(self.stages), len(self.tasks))
 
+    def select(self, tasks: Sequence[str]) -> "AccuracyMatrix":
+        """The same stages on `tasks` only: ACC, BWT and forgetting average over columns, so
+        keep one kind of score (e.g. the domain accuracies, not a log-prob drift column)."""
+        unknown = [t for t in tasks if t not in self.tasks]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; this matrix has {self.tasks}")
+        cols = [self.tasks.index(t) for t in tasks]
+        return AccuracyMatrix(tasks=list(tasks), stages=self.stages,
+                              values=[[row[j] for j in cols] for row in self.values],
+                              learned_at={t: i for t, i in self.learned_at.items() if t in tasks})
+
     def _final_row(self) -> np.ndarray:
         last = self._array()[-1]
         if np.any(np.isnan(last)):
