@@ -58,6 +58,28 @@ def domain_metrics(matrix) -> dict:
             "forgetting_per_domain": domains.forgetting().per_task}
 
 
+def retention_vs_base(cfg: UpdateConfig, home: Path) -> dict[str, dict[str, float]]:
+    """Final model vs the base on every suite: retention ratio and Δ with paired 95% bootstrap
+    CIs, from the cell's cached per-item scores (nothing is re-scored)."""
+    from sdft_ops.demo import CHAIN as DEMO_CHAIN
+    from sdft_ops.evaluation.report import build_report
+    from sdft_ops.models import resolve_model_path
+    from sdft_ops.pipeline import score_model, shipped_domain_suite, suites_for, update_dir
+
+    assert DEMO_CHAIN == CHAIN
+    last = sorted((home / "updates").glob(f"*{CHAIN[-1]}"))[-1].name
+    suites = [shipped_domain_suite(n, cfg) for n in CHAIN]
+    suites += [s for s in suites_for(cfg, home) if not s.name.startswith("domain/")]
+    base_ref = f"base:{cfg.model.name_or_path}"
+    base = score_model(resolve_model_path(cfg.model), base_ref, suites, cfg, home)
+    final = score_model(str(update_dir(home, last) / "model"), f"update:{last}", suites, cfg, home)
+    report = build_report(f"update:{last}", final, reference_ref=base_ref, reference_results=base,
+                          seed=cfg.eval.seed, n_boot=cfg.eval.n_boot)
+    return {s: {"base": r.reference_score, "final": r.candidate_score, "ratio": r.ratio,
+                "ratio_ci": list(r.ratio_ci), "difference": r.difference,
+                "difference_ci": list(r.difference_ci)} for s, r in report.retention.items()}
+
+
 def cell_name(method: str, lr: float, steps: int, seed: int) -> str:
     return f"{method}-lr{lr:g}-s{steps}-seed{seed}"
 
@@ -73,7 +95,9 @@ def run_cell(method: str, lr: float, steps: int, seed: int) -> dict:
         cell = json.loads(path.read_text())
         from sdft_ops.evaluation.metrics import AccuracyMatrix
 
-        return cell | domain_metrics(AccuracyMatrix.model_validate(cell["matrix"]))
+        cfg, home = cell_config(method, lr, steps, seed), CACHE / "homes" / name
+        return cell | domain_metrics(AccuracyMatrix.model_validate(cell["matrix"])) | {
+            "retention_vs_base": retention_vs_base(cfg, home)}
     cfg, home = cell_config(method, lr, steps, seed), CACHE / "homes" / name
     _share_base_eval(home, cfg)
     registry = PolicyRegistry(None, home=home, experiment=f"bench-{name}")
@@ -106,6 +130,7 @@ def run_cell(method: str, lr: float, steps: int, seed: int) -> dict:
         "drift_delta": final[tasks.index("drift")] - base[tasks.index("drift")] if "drift" in tasks else None,
         "final_new_task_mean": sum(final[j] for j in domains) / len(domains),
         **domain_metrics(matrix),
+        "retention_vs_base": retention_vs_base(cfg, home),
         "seconds_per_update": sum(o.extras.get("train_seconds", 0) for o in outcomes) / len(outcomes),
         "wall_seconds_per_update": seconds / len(outcomes),
         "retention_ci": {s: r.ratio_ci for s, r in outcomes[-1].report.retention.items()},
@@ -173,16 +198,25 @@ def write(summary: dict, cells: list[dict]) -> None:
 
     (RESULTS / "continual.json").write_text(json.dumps({**summary, "cells": cells}, indent=1))
     lines = ["# Continual learning: SDFT vs SFT on tooluse → knowledge → triage (SmolLM2-135M)", "",
-             "Grid, eval subsets and gate: see `benchmarks/continual.py` (every update promoted).", "",
-             "| cell | new-domain mean | prior retention | safety retention | drift Δ | BWT | forgetting | s/update |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Each cell: the whole chain from the base model, every update promoted (a permissive "
+             "gate: this measures the methods, not the gate); 8 prompts per step, other settings "
+             "from `configs/demo.yaml` (SDFT: forward KL, EMA teacher 0.02, previous_turn, skip 0, "
+             "sample cap 1.5×); eval on the demo's seeded subsets without the IFEval-like suite; "
+             "1 seed; a 2-core CPU. Prior retention: mean over ARC-E/C, HellaSwag, PIQA, Winogrande, "
+             "MMLU of final/base accuracy. Safety retention: final/base refusal rate. BWT and "
+             "forgetting: over the three domain columns. s/update: training seconds; wall: "
+             "staging to gate decision (eval included).", "",
+             "| cell | new-domain mean | prior retention | safety retention | drift Δ | BWT | forgetting | s/update | wall s/update |",
+             "|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     for c in cells:
         lines.append(f"| {c['name']} | {f(c['final_new_task_mean'])} | {f(c['mean_prior_retention'])} | "
                      f"{f(c['safety_retention'])} | {f(c['drift_delta'])} | {f(c['bwt'])} | "
-                     f"{f(c['forgetting'])} | {c['seconds_per_update']:.0f} |")
+                     f"{f(c['forgetting'])} | {c['seconds_per_update']:.0f} | "
+                     f"{c['wall_seconds_per_update']:.0f} |")
     lines += ["", "Chosen per method (best new-domain mean):", "", "```",
               json.dumps({k: v for k, v in summary.items() if k != "frontier"}, indent=1), "```"]
+    lines += _targets(summary) + _retention_table(cells, summary)
     for c in cells:
         png = RESULTS / f"continual_{c['name']}.png"
         plot_accuracy_matrix(AccuracyMatrix.model_validate(c["matrix"]), png)
@@ -190,6 +224,50 @@ def write(summary: dict, cells: list[dict]) -> None:
     frontier_png = _plot_frontier(cells, RESULTS / "continual_frontier.png")
     lines.append(f"![frontier]({frontier_png.name})")
     (RESULTS / "continual.md").write_text("\n".join(lines) + "\n")
+
+
+def _targets(summary: dict) -> list[str]:
+    sdft, sft = summary.get("sdft"), summary.get("sft")
+    if not (sdft and sft):
+        return []
+    f = lambda v: f"{v:.3f}"  # noqa: E731
+    rows = [("SDFT mean_prior_retention ≥ 0.97", f(sdft["mean_prior_retention"]),
+             sdft["mean_prior_retention"] >= 0.97),
+            ("SDFT safety_retention ≥ 0.99", f(sdft["safety_retention"]),
+             sdft["safety_retention"] >= 0.99),
+            ("SFT forgetting ≥ 3 × SDFT's", f"{f(sft['forgetting'])} vs {f(sdft['forgetting'])}",
+             sft["forgetting"] >= 3 * sdft["forgetting"] and sft["forgetting"] > 0),
+            ("SDFT final_new_task_mean ≥ SFT's − 0.05",
+             f"{f(sdft['final_new_task_mean'])} vs {f(sft['final_new_task_mean'])}",
+             sdft["final_new_task_mean"] >= sft["final_new_task_mean"] - 0.05),
+            ("sdft_pareto_dominates", str(summary["sdft_pareto_dominates"]),
+             summary["sdft_pareto_dominates"])]
+    return ["", "## Targets (chosen cells)", "", "| target | measured | met |", "|---|---|---|",
+            *[f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in rows]]
+
+
+def _retention_table(cells: list[dict], summary: dict) -> list[str]:
+    """Final model vs base per suite (paired 95% bootstrap CI of Δ) for each method's chosen cell."""
+    chosen = [c for c in cells for m in ("sdft", "sft") if m in summary
+              and c["method"] == m and c["learning_rate"] == summary[m]["learning_rate"]
+              and c["steps"] == summary[m]["steps"] and c["seed"] == 0]
+    if not chosen:
+        return []
+    suites = list(chosen[0]["retention_vs_base"])
+    lines = ["", "## Per suite after the three updates vs the base model (chosen cells, seed 0)", "",
+             "Δ = final − base with its paired 95% bootstrap CI (drift in nats, the rest accuracy "
+             "or rate).", "",
+             "| suite | base | " + " | ".join(f"{c['method']} final | Δ [CI]" for c in chosen) + " |",
+             "|---|---|" + "---|---|" * len(chosen)]
+    for s in suites:
+        base = chosen[0]["retention_vs_base"][s]["base"]
+        cols = []
+        for c in chosen:
+            r = c["retention_vs_base"][s]
+            lo, hi = r["difference_ci"]
+            cols.append(f"{r['final']:.3f} | {r['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"| {s} | {base:.3f} | " + " | ".join(cols) + " |")
+    return lines
 
 
 def _plot_frontier(cells: list[dict], path: Path) -> Path:
