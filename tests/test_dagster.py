@@ -116,7 +116,8 @@ def test_dagster_dev_serves_and_stops_on_sigint(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # dagster dev ignores SIGTERM in practice
         try:
-            proc.wait(timeout=60)
+            # alone it stops in seconds; on a loaded 2-core box it once took over 60 s
+            proc.wait(timeout=180)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("dagster dev did not stop on SIGINT within 60 s")
+            pytest.fail("dagster dev did not stop on SIGINT within 180 s")
