@@ -226,6 +226,10 @@ def write(summary: dict, cells: list[dict]) -> None:
     (RESULTS / "continual.md").write_text("\n".join(lines) + "\n")
 
 
+VERDICT = {True: "yes", False: "**no**",
+           None: "vacuous: SDFT learned nothing, so it had nothing to forget"}
+
+
 def _targets(summary: dict) -> list[str]:
     sdft, sft = summary.get("sdft"), summary.get("sft")
     if not (sdft and sft):
@@ -236,6 +240,7 @@ def _targets(summary: dict) -> list[str]:
             ("SDFT safety_retention ≥ 0.99", f(sdft["safety_retention"]),
              sdft["safety_retention"] >= 0.99),
             ("SFT forgetting ≥ 3 × SDFT's", f"{f(sft['forgetting'])} vs {f(sdft['forgetting'])}",
+             None if sdft["forgetting"] == 0 and sdft["final_new_task_mean"] == 0 else
              sft["forgetting"] >= 3 * sdft["forgetting"] and sft["forgetting"] > 0),
             ("SDFT final_new_task_mean ≥ SFT's − 0.05",
              f"{f(sdft['final_new_task_mean'])} vs {f(sft['final_new_task_mean'])}",
@@ -243,7 +248,7 @@ def _targets(summary: dict) -> list[str]:
             ("sdft_pareto_dominates", str(summary["sdft_pareto_dominates"]),
              summary["sdft_pareto_dominates"])]
     return ["", "## Targets (chosen cells)", "", "| target | measured | met |", "|---|---|---|",
-            *[f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in rows]]
+            *[f"| {t} | {m} | {VERDICT[ok]} |" for t, m, ok in rows]]
 
 
 def _retention_table(cells: list[dict], summary: dict) -> list[str]:
