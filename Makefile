@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test dev validate bench clean
+.PHONY: install demo test dev validate bench bench-all clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,12 @@ validate: install $(DAGSTER_HOME)/dagster.yaml
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -f definitions.py
 
+# The continual-learning benchmark (SDFT vs SFT, ~85 min here, resumable per cell).
 bench: install
+	$(PY) benchmarks/continual.py
+
+# Every benchmark, the continual one included (TRL agreement, step cost, eval, ceiling).
+bench-all: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/run_all.py
 

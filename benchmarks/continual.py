@@ -5,12 +5,14 @@ model, every update promoted (a permissive gate: this measures the methods, not 
 an accuracy matrix over the three domain suites and the prior suites. Cells are cached in
 `benchmarks/results/cache/continual/<cell>.json`, so an interrupted run resumes per cell.
 
-Budget (a 2-core CPU, `make bench` ≤ 90 min in all): per method two learning rates at 16 steps
-and the higher one at 32 steps, 1 seed (3 seeds do not fit), eval on the demo's seeded subsets
-without the IFEval-like suite; the base model is scored once for all cells. Per method the cell with the best new-domain mean is its
+Budget (a 2-core CPU, `make bench` ≤ 90 min): the `bench` grid, 1 seed (3 seeds do not fit),
+eval on the demo's seeded subsets without the IFEval-like suite; the base model is scored once
+for all cells. SFT gets two learning rates at 16 steps and the higher one at 32. SDFT gets lr
+3e-4 at 16 and 32 steps; its lr 1e-4 cell is in the `small` grid (measured, learned nothing at
+either lr). Results list every cached cell of the grid that is asked for. Per method the cell with the best new-domain mean is its
 "chosen" setting; all cells form the new-domain-accuracy vs prior-retention frontier.
 
-    .venv/bin/python benchmarks/continual.py [--grid small|tiny] [--seeds 1]
+    .venv/bin/python benchmarks/continual.py [--grid bench|small|tiny] [--seeds 1] [--cached-only]
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ PERMISSIVE_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop"
                    "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
                    "required_suites": []}
 # (learning rate, steps) per method; 8 prompts per step, other settings from configs/demo.yaml.
+# Measured here, per cell: SDFT 16 steps 16-19 min, 32 steps ~24 min; SFT 16 steps 12-15 min.
+# "bench" (what `make bench` runs) fits 90 min: ~85 min from those figures plus the base
+# model's eval. "small" adds SDFT at lr 1e-4 (~17 min more).
 GRIDS = {
+    "bench": {"sdft": [(3e-4, 16), (3e-4, 32)],
+              "sft": [(3e-5, 16), (1e-4, 16), (1e-4, 32)]},
     "small": {"sdft": [(1e-4, 16), (3e-4, 16), (3e-4, 32)],
               "sft": [(3e-5, 16), (1e-4, 16), (1e-4, 32)]},
     "tiny": {"sdft": [(3e-4, 8)], "sft": [(1e-4, 8)]},
@@ -296,7 +303,7 @@ def _plot_frontier(cells: list[dict], path: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--grid", choices=GRIDS, default="small")
+    parser.add_argument("--grid", choices=GRIDS, default="bench")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--cached-only", action="store_true",
                         help="write the results from the cells already cached; train nothing")

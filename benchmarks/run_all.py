@@ -1,7 +1,7 @@
-"""`make bench`: every benchmark in turn (not part of CI). Each writes benchmarks/results/*.
+"""`make bench-all`: every benchmark in turn (not part of CI). Each writes benchmarks/results/*.
 
-Budget: 90 minutes on a 2-core CPU in all; continual.py takes most of it (resumable per cell:
-re-running skips the cells already in benchmarks/results/cache/continual/).
+continual.py (`make bench` alone, ~85 min) takes most of the time; it resumes per cell, so
+re-running skips the cells already in benchmarks/results/cache/continual/.
 """
 
 import subprocess
@@ -20,4 +20,4 @@ for script in SCRIPTS:
     print(f"=== {script}: {time.perf_counter() - started:.0f} s ===", flush=True)
     if done.returncode != 0:
         sys.exit(f"{script} failed with exit code {done.returncode}")
-print(f"\nmake bench: {(time.perf_counter() - began) / 60:.1f} min in all (budget 90)")
+print(f"\nall benchmarks: {(time.perf_counter() - began) / 60:.1f} min")
