@@ -61,7 +61,9 @@ def domain_metrics(matrix) -> dict:
     """BWT and forgetting over the three domain columns only (prior suites have their own
     retention, and drift is in nats: averaging it with accuracies would mean nothing)."""
     domains = matrix.select([t for t in matrix.tasks if t.startswith("domain/")])
-    return {"bwt": domains.bwt(), "forgetting": domains.forgetting().mean,
+    diagonal = [domains.values[domains.learned_at[t]][j] for j, t in enumerate(domains.tasks)]
+    return {"learned_mean": sum(diagonal) / len(diagonal),  # each domain right after its update
+            "bwt": domains.bwt(), "forgetting": domains.forgetting().mean,
             "forgetting_per_domain": domains.forgetting().per_task}
 
 
@@ -183,8 +185,10 @@ def pareto_dominates(a: list[dict], b: list[dict]) -> bool:
 
 def summarize(cells: list[dict]) -> dict:
     by = {m: [c for c in cells if c["method"] == m] for m in ("sdft", "sft")}
-    chosen = {m: max(cs, key=lambda c: c["final_new_task_mean"]) for m, cs in by.items() if cs}
-    keys = ("mean_prior_retention", "safety_retention", "final_new_task_mean", "bwt", "forgetting",
+    # best final new-domain mean; ties (e.g. all 0) go to what was learned before forgetting
+    chosen = {m: max(cs, key=lambda c: (c["final_new_task_mean"], c["learned_mean"]))
+              for m, cs in by.items() if cs}
+    keys = ("mean_prior_retention", "learned_mean", "safety_retention", "final_new_task_mean", "bwt", "forgetting",
             "seconds_per_update", "learning_rate", "steps")
     out = {m: {k: c[k] for k in keys} for m, c in chosen.items()}
     if len(chosen) == 2:
@@ -211,17 +215,18 @@ def write(summary: dict, cells: list[dict]) -> None:
              "sample cap 1.5×); eval on the demo's seeded subsets without the IFEval-like suite; "
              "1 seed; a 2-core CPU. Prior retention: mean over ARC-E/C, HellaSwag, PIQA, Winogrande, "
              "MMLU of final/base accuracy. Safety retention: final/base refusal rate. BWT and "
-             "forgetting: over the three domain columns. s/update: training seconds; wall: "
+             "forgetting: over the three domain columns. Just learned: mean of each domain's accuracy "
+             "right after its own update; new-domain mean: after all three. s/update: training seconds; wall: "
              "staging to gate decision (eval included).", "",
-             "| cell | new-domain mean | prior retention | safety retention | drift Δ | BWT | forgetting | s/update | wall s/update |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| cell | just learned | new-domain mean | prior retention | safety retention | drift Δ | BWT | forgetting | s/update | wall s/update |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     for c in cells:
-        lines.append(f"| {c['name']} | {f(c['final_new_task_mean'])} | {f(c['mean_prior_retention'])} | "
+        lines.append(f"| {c['name']} | {f(c['learned_mean'])} | {f(c['final_new_task_mean'])} | {f(c['mean_prior_retention'])} | "
                      f"{f(c['safety_retention'])} | {f(c['drift_delta'])} | {f(c['bwt'])} | "
                      f"{f(c['forgetting'])} | {c['seconds_per_update']:.0f} | "
                      f"{c['wall_seconds_per_update']:.0f} |")
-    lines += ["", "Chosen per method (best new-domain mean):", "", "```",
+    lines += ["", "Chosen per method (best final new-domain mean, then best just-learned mean):", "", "```",
               json.dumps({k: v for k, v in summary.items() if k != "frontier"}, indent=1), "```"]
     lines += _targets(summary) + _retention_table(cells, summary)
     for c in cells:
