@@ -34,9 +34,10 @@ PERMISSIVE_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop"
                    "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
                    "required_suites": []}
 # (learning rate, steps) per method; 8 prompts per step, other settings from configs/demo.yaml.
-# Measured here, per cell: SDFT 16 steps 16-19 min, 32 steps ~24 min; SFT 16 steps 12-15 min.
-# "bench" (what `make bench` runs) fits 90 min: ~85 min from those figures plus the base
-# model's eval. "small" adds SDFT at lr 1e-4 (~17 min more).
+# Measured here: the five "bench" cells took 86 min in one run (the base model's eval was
+# cached; ~2.5 min more on a fresh machine), so `make bench` fits 90 min, just. Per cell: SDFT
+# 16 steps 16-19 min, 32 steps 24 min; SFT 16 steps 12-15 min, 32 steps 17 min. "small" adds
+# SDFT at lr 1e-4 (16 min more).
 GRIDS = {
     "bench": {"sdft": [(3e-4, 16), (3e-4, 32)],
               "sft": [(3e-5, 16), (1e-4, 16), (1e-4, 32)]},
