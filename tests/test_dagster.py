@@ -1,6 +1,7 @@
 """The Dagster skin on a real temporary instance with tiny models and a real sqlite MLflow."""
 
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -99,7 +100,9 @@ def test_definitions_validate():
 
 
 def test_dagster_dev_serves_and_stops_on_sigint(tmp_path):
-    port = 3123
+    with socket.socket() as probe:  # a free port: a fixed one can meet a leftover server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "SDFT_OPS_HOME": str(tmp_path / "home")}
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     proc = subprocess.Popen([str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
