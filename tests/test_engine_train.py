@@ -7,6 +7,7 @@ from sdft_ops.chat import encode_chat
 from sdft_ops.data import Demonstration
 from sdft_ops.engine import SDFTConfig, TeacherContext, TrainingDiverged, train
 from sdft_ops.engine import loop as train_module
+from sdft_ops.engine import rollout as rollout_module
 from sdft_ops.engine.context import PromptTooLongError, prepare_examples, teacher_messages
 from sdft_ops.engine.sampling import decode
 from sdft_ops.engine.loop import sft_step
@@ -70,8 +71,8 @@ def test_sampling_is_per_example_seeded_and_greedy_matches_generate(tiny):
 def test_on_policy_the_student_trains_on_its_own_samples(monkeypatch):
     model, tok = build_tiny()
     sampled, scored = [], []
-    real_decode, real_logits = train_module.decode, train_module.completion_logits
-    monkeypatch.setattr(train_module, "decode",
+    real_decode, real_logits = rollout_module.decode, train_module.completion_logits
+    monkeypatch.setattr(rollout_module, "decode",
                         lambda *a, **k: sampled.append(real_decode(*a, **k)) or sampled[-1])
     monkeypatch.setattr(train_module, "completion_logits",
                         lambda m, p, pm, c: scored.append((m, c)) or real_logits(m, p, pm, c))
@@ -86,8 +87,8 @@ def test_on_policy_the_student_trains_on_its_own_samples(monkeypatch):
 def test_demo_length_cap_shortens_samples_to_a_multiple_of_the_longest_demo(monkeypatch):
     model, tok = build_tiny()
     lengths = []
-    real_decode = train_module.decode
-    monkeypatch.setattr(train_module, "decode", lambda *a, **k: lengths.append(k["max_new_tokens"])
+    real_decode = rollout_module.decode
+    monkeypatch.setattr(rollout_module, "decode", lambda *a, **k: lengths.append(k["max_new_tokens"])
                         or real_decode(*a, **k))
     demos = _demos()
     longest = max(len(tok(d.demonstration, add_special_tokens=False)["input_ids"]) for d in demos) + 1

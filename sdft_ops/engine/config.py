@@ -78,6 +78,28 @@ class SDFTConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1.0)
     samples_per_prompt: Literal[1] = 1
 
+    # where each prompt's completion comes from (one per prompt)
+    rollout: Literal["student", "teacher", "mixed"] = Field(
+        "student", description="student: the paper (on-policy, the student samples without the "
+        "demonstration); teacher: the seed's pseudo-code / TRL generate_from_teacher (the teacher "
+        "samples with the demonstration in context, the student learns that answer without it); "
+        "mixed: per prompt, student with probability `student_fraction`, else teacher (GKD's λ)")
+    student_fraction: float = Field(0.5, ge=0.0, le=1.0, description="`mixed` only")
+    student_fraction_ramp: bool = Field(
+        False, description="`mixed` only: the student's share grows linearly from 0 at the "
+        "first step to `student_fraction` at the last")
+    teacher_temperature: float = Field(1.0, gt=0, description="sampling T of teacher rollouts")
+    teacher_rollout_loss: Literal["divergence", "nll"] = Field(
+        "divergence", description="loss on a teacher rollout: the configured divergence against "
+        "the teacher's distribution, or the NLL of the sampled tokens")
+    rollout_filter: Literal["none", "scorer"] = Field(
+        "none", description="scorer: a teacher rollout the domain's scorer rejects against its "
+        "demonstration is replaced by the demonstration (Yang et al. 2024); train() needs "
+        "`rollout_check`")
+    sft_weight: float = Field(
+        0.0, ge=0.0, description="adds this × the demonstration's NLL to the self-distillation "
+        "loss (an SFT anchor); 0: pure SDFT")
+
     # loss
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     jsd_beta: float = Field(0.5, gt=0.0, lt=1.0, description="JSD mixture weight of the teacher")
@@ -99,11 +121,21 @@ class SDFTConfig(BaseModel):
                 f"prompts_per_step ({self.prompts_per_step}) must be a multiple of "
                 f"grad_accum_steps ({self.grad_accum_steps})"
             )
+        if self.estimator == "sampled_token" and self.rollout != "student":
+            raise ValueError("estimator 'sampled_token' needs the student's own samples; use "
+                             "rollout 'student', or full_vocab / top_k with teacher rollouts")
         if self.estimator == "sampled_token" and self.divergence != "reverse_kl":
             raise ValueError(
                 "estimator 'sampled_token' is only unbiased for divergence 'reverse_kl' "
                 "(the sample comes from the student); use full_vocab or top_k instead"
             )
+        if self.method == "sft" and (self.rollout != "student" or self.sft_weight
+                                     or self.rollout_filter != "none"):
+            raise ValueError("rollout, rollout_filter and sft_weight are SDFT settings; "
+                             "method 'sft' trains on the demonstrations alone")
+        if self.rollout_filter == "scorer" and self.rollout == "student":
+            raise ValueError("rollout_filter 'scorer' checks teacher rollouts; set rollout to "
+                             "'teacher' or 'mixed'")
         if self.estimator == "top_k" and self.divergence == "jsd":
             raise ValueError("estimator 'top_k' supports forward_kl and reverse_kl, not jsd")
         return self

@@ -2,13 +2,17 @@
 baseline behind the same interface.
 
 Algorithm (one optimizer step, `sdft_step`):
-  1. the student samples one completion per prompt, without the demonstration (no grad, T=1);
+  1. one completion per prompt (no grad): by default the student samples it without the
+     demonstration (T=1, the paper); `rollout: teacher` samples it from the teacher with the
+     demonstration in context (the seed's pseudo-code), `mixed` picks per prompt (rollout.py);
   2. the teacher — the same network with the demonstration in its context — scores
      [teacher prompt + completion] (no grad);
   3. the student scores [prompt + completion] with grad;
   4. per-token divergence (default forward KL(teacher‖student), full vocabulary) over the
      completion after its first `skip_first_tokens` tokens, padding and post-EOS masked; mean
      per sequence, then over the global batch;
+     `teacher_rollout_loss: nll` uses the NLL of the sampled tokens on teacher rollouts instead;
+     `sft_weight` > 0 adds that weight × the demonstration's NLL (an SFT anchor);
   5. backward, clip (1.0), AdamW + warmup/cosine step, then the teacher update (EMA, rate 0.02).
 
 Deviations from the paper / official code, all deliberate:
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sdft_ops.data import Demonstration
@@ -44,7 +49,8 @@ from sdft_ops.engine.checkpoint import latest_checkpoint, load_checkpoint, save_
 from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample, prepare_examples
 from sdft_ops.engine.losses import completion_mask, sequence_mean, token_divergence
-from sdft_ops.engine.sampling import decode, left_pad, position_ids, row_seed
+from sdft_ops.engine.rollout import RolloutCheck, sample_completions, teacher_rows
+from sdft_ops.engine.sampling import left_pad, position_ids, row_seed
 from sdft_ops.engine.teacher import Teacher
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -83,25 +89,35 @@ def completion_logits(model, prompt_ids, prompt_mask, completion) -> torch.Tenso
     return out.logits[:, :-1]
 
 
-def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds, cfg: SDFTConfig,
-              eos_id: int, pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over `batch` of per-sequence mean divergence (caller divides by the global batch)."""
-    with _autocast(model, cfg.autocast_bf16):
-        rollout = decode(model, [e.student_prompt for e in batch], max_new_tokens=cfg.max_new_tokens,
-                         eos_id=eos_id, pad_id=pad_id, temperature=cfg.temperature, top_p=cfg.top_p,
-                         seeds=seeds)                                          # 1. sample
-    completion = rollout.completion_ids                                        # (B, T)
+def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
+              from_teacher: Sequence[bool], cfg: SDFTConfig, eos_id: int, pad_id: int,
+              check: RolloutCheck | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over `batch` of per-sequence mean loss (caller divides by the global batch)."""
+    teacher_model = teacher.module(model)
+    with _autocast(model, cfg.autocast_bf16):                                  # 1. rollout
+        rollout = sample_completions(model, teacher_model, batch, seeds, from_teacher, cfg,
+                                     eos_id, pad_id, check)                    # per row: student or teacher
+    completion = rollout.ids                                                   # (B, T)
     mask = completion_mask(completion, eos_id, cfg.skip_first_tokens)
     with torch.no_grad(), _autocast(model, cfg.autocast_bf16):                 # 2. teacher
         t_ids, t_mask = left_pad([e.teacher_prompt for e in batch], pad_id, completion.device)
-        teacher_logits = completion_logits(teacher.module(model), t_ids, t_mask, completion)
+        teacher_logits = completion_logits(teacher_model, t_ids, t_mask, completion)
     with _autocast(model, cfg.autocast_bf16):                                  # 3. student
-        student_logits = completion_logits(model, rollout.prompt_ids, rollout.prompt_mask, completion)
+        s_ids, s_mask = left_pad([e.student_prompt for e in batch], pad_id, completion.device)
+        student_logits = completion_logits(model, s_ids, s_mask, completion)
     per_token = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
                                  jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
+    if cfg.teacher_rollout_loss == "nll":  # teacher rows: NLL of the teacher's sampled tokens
+        nll = F.cross_entropy(student_logits.float().transpose(1, 2), completion, reduction="none")
+        per_token = torch.where(rollout.from_teacher.unsqueeze(-1), nll, per_token)
+    del student_logits, teacher_logits
     loss_sum = sequence_mean(per_token, mask).sum()                            # 4. loss
+    if cfg.sft_weight:  # the SFT anchor: + w × NLL of the demonstration
+        loss_sum = loss_sum + cfg.sft_weight * sft_step(model, batch, cfg, pad_id)[0]
     lengths = completion_mask(completion, eos_id, 0).sum(-1).float()
-    return loss_sum, {"tokens": float(lengths.sum()), "eos": float(rollout.finished.sum())}
+    return loss_sum, {"tokens": float(lengths.sum()), "eos": float(rollout.finished.sum()),
+                      "teacher_rollouts": float(rollout.from_teacher.sum()),
+                      "replaced": float(rollout.replaced)}
 
 
 def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: int):
@@ -118,7 +134,8 @@ def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: i
     with _autocast(model, cfg.autocast_bf16):
         logits = completion_logits(model, prompt_ids, prompt_mask, target)
     nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
-    return sequence_mean(nll, mask).sum(), {"tokens": float(mask.sum()), "eos": float(len(batch))}
+    return sequence_mean(nll, mask).sum(), {"tokens": float(mask.sum()), "eos": float(len(batch)),
+                                            "teacher_rollouts": 0.0, "replaced": 0.0}
 
 
 def warmup_cosine(total_steps: int, warmup: int, floor: float) -> Callable[[int], float]:
@@ -152,14 +169,24 @@ def batch_positions(step: int, n_examples: int, cfg: SDFTConfig) -> list[tuple[i
 
 def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
           output_dir: str | Path | None = None, callbacks: Sequence[StepCallback] = (),
+          rollout_check: Callable[[str, Demonstration], bool] | None = None,
           progress: bool = True) -> TrainResult:
     """Train `model` in place on `demos` (SDFT or SFT per `cfg.method`); resumes from the latest
-    checkpoint in `output_dir` if there is one."""
+    checkpoint in `output_dir` if there is one. `rollout_check(answer text, demonstration)`:
+    whether a teacher rollout is right (needed by `rollout_filter: scorer`)."""
     rank, world = _world()
     if cfg.prompts_per_step % (world * cfg.grad_accum_steps):
         raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must divide into "
                          f"{world} processes × {cfg.grad_accum_steps} accumulation steps")
     examples = prepare_examples(demos, tokenizer, cfg)
+    check = None
+    if cfg.rollout_filter == "scorer":
+        if rollout_check is None:
+            raise ValueError("rollout_filter 'scorer' needs train(..., rollout_check=) — the "
+                             "domain's scorer against each demonstration's reference")
+        by_id = {d.id: d for d in demos}
+        check = lambda ids, e: rollout_check(  # noqa: E731
+            tokenizer.decode(ids, skip_special_tokens=True).strip(), by_id[e.id])
     total = cfg.max_steps or cfg.epochs * math.ceil(len(examples) / cfg.prompts_per_step)
     if cfg.demo_length_cap:  # one sample length for the whole run, fixed by the data
         longest = max(len(e.target) for e in examples)
@@ -188,16 +215,19 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         mine = batch_positions(step, len(examples), cfg)[rank::world]
         micro = len(mine) // cfg.grad_accum_steps
         optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(3)  # loss sum, completion tokens, sequences ending in EOS
+        totals = torch.zeros(5)  # loss sum, completion tokens, ending in EOS, teacher rollouts, replaced
         for chunk in (mine[i : i + micro] for i in range(0, len(mine), micro)):
             batch = [examples[i] for _, i in chunk]
             if teacher is not None:
                 seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
-                loss_sum, stats = sdft_step(model, teacher, batch, seeds, cfg, eos_id, pad_id)
+                sources = teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in chunk])
+                loss_sum, stats = sdft_step(model, teacher, batch, seeds, sources, cfg, eos_id,
+                                            pad_id, check)
             else:
                 loss_sum, stats = sft_step(model, batch, cfg, pad_id)
             (loss_sum / cfg.prompts_per_step).backward()
-            totals += torch.tensor([loss_sum.item(), stats["tokens"], stats["eos"]])
+            totals += torch.tensor([loss_sum.item(), stats["tokens"], stats["eos"],
+                                    stats["teacher_rollouts"], stats["replaced"]])
         if world > 1:
             torch.distributed.all_reduce(totals)
             for p in params:
@@ -217,7 +247,9 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                    "train/lr": scheduler.get_last_lr()[0], "train/step_seconds": seconds,
                    "train/tokens_per_s": totals[1].item() / seconds,
                    "train/completion_tokens": totals[1].item() / cfg.prompts_per_step,
-                   "train/eos_rate": totals[2].item() / cfg.prompts_per_step}
+                   "train/eos_rate": totals[2].item() / cfg.prompts_per_step,
+                   "train/teacher_rollout_rate": totals[3].item() / cfg.prompts_per_step,
+                   "train/filter_replaced": totals[4].item()}
         result.history.append({"step": step + 1, **metrics})
         bar.set_postfix(loss=f"{loss:.4f}", gnorm=f"{grad_norm:.2f}", s=f"{seconds:.1f}")
         if rank == 0:

@@ -1,0 +1,99 @@
+"""Where each prompt's completion comes from: the student, the teacher, or a per-prompt mix.
+
+- `student` (the paper): the student samples without the demonstration, at `temperature`.
+- `teacher` (the seed's pseudo-code; TRL's `generate_from_teacher`; "context distillation"):
+  the teacher samples *with* the demonstration in its context, at `teacher_temperature`; the
+  student, without it, is trained towards the teacher on that answer.
+- `mixed` (GKD's λ): per prompt, a student rollout with probability `student_fraction`, else a
+  teacher rollout; optionally ramped from 0 to `student_fraction` over the update. The draw is
+  seeded by (run seed, example id, global position), so it does not depend on the batch, the
+  process split or a resume.
+
+`rollout_filter: scorer` (Yang et al. 2024, "self-distillation bridges distribution gap"): a
+teacher rollout that the domain's scorer rejects against its demonstration is replaced by the
+demonstration itself, so the student is never pulled towards a wrong answer of the teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sdft_ops.engine.config import SDFTConfig
+from sdft_ops.engine.context import PreparedExample
+from sdft_ops.engine.sampling import decode, row_seed
+
+# (completion token ids without padding, the example) → keep the teacher's rollout?
+RolloutCheck = Callable[[list[int], PreparedExample], bool]
+
+
+def student_share(cfg: SDFTConfig, step: int, total_steps: int) -> float:
+    """Probability that a prompt of `step` (0-based) gets a student rollout."""
+    if cfg.rollout != "mixed":
+        return 1.0 if cfg.rollout == "student" else 0.0
+    if not cfg.student_fraction_ramp:
+        return cfg.student_fraction
+    return cfg.student_fraction * min(1.0, step / max(1, total_steps - 1))
+
+
+def teacher_rows(cfg: SDFTConfig, step: int, total_steps: int,
+                 keys: Sequence[tuple[str, int]]) -> list[bool]:
+    """Per (example id, global position): True when the rollout is the teacher's."""
+    share = student_share(cfg, step, total_steps)
+    if share in (0.0, 1.0):
+        return [share == 0.0] * len(keys)
+    uniform = [row_seed(cfg.seed, "rollout-source", example_id, q) / 2**63 for example_id, q in keys]
+    return [u >= share for u in uniform]
+
+
+@dataclass
+class Completions:
+    ids: torch.Tensor  # (B, T), pad after EOS
+    from_teacher: torch.Tensor  # (B,) bool
+    finished: torch.Tensor  # (B,) ended with EOS
+    replaced: int  # teacher rollouts replaced by their demonstration (rollout_filter)
+
+
+def _stack(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long, device=rows[0].device)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _strip(row: torch.Tensor, eos_id: int) -> list[int]:
+    tokens = row.tolist()
+    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
+
+
+@torch.no_grad()
+def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
+                       seeds: Sequence[int], from_teacher: Sequence[bool], cfg: SDFTConfig,
+                       eos_id: int, pad_id: int, check: RolloutCheck | None = None) -> Completions:
+    """One completion per example, each from its source (student prompt or teacher prompt)."""
+    rows: list[torch.Tensor | None] = [None] * len(batch)
+    finished = [False] * len(batch)
+    for use_teacher in (False, True):
+        idx = [i for i, t in enumerate(from_teacher) if t == use_teacher]
+        if not idx:
+            continue
+        model = teacher_model if use_teacher else student
+        prompts = [batch[i].teacher_prompt if use_teacher else batch[i].student_prompt for i in idx]
+        out = decode(model, prompts, max_new_tokens=cfg.max_new_tokens, eos_id=eos_id,
+                     pad_id=pad_id, top_p=cfg.top_p, seeds=[seeds[i] for i in idx],
+                     temperature=cfg.teacher_temperature if use_teacher else cfg.temperature)
+        for j, i in enumerate(idx):
+            rows[i], finished[i] = out.completion_ids[j], bool(out.finished[j])
+    replaced = 0
+    if cfg.rollout_filter == "scorer":
+        assert check is not None  # train() refuses rollout_filter without a check
+        for i, example in enumerate(batch):
+            if from_teacher[i] and not check(_strip(rows[i], eos_id), example):
+                rows[i] = torch.tensor(example.target, device=rows[i].device)
+                finished[i], replaced = True, replaced + 1
+    device = rows[0].device
+    return Completions(_stack(rows, pad_id), torch.tensor(list(from_teacher), device=device),
+                       torch.tensor(finished, device=device), replaced)

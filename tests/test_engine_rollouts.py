@@ -1,0 +1,172 @@
+"""Rollout sources (student / teacher / mixed), the scorer filter, the SFT anchor, on tiny models."""
+
+import pytest
+import torch
+
+from sdft_ops.data import Demonstration
+from sdft_ops.engine import SDFTConfig, train
+from sdft_ops.engine import rollout as rollout_module
+from sdft_ops.engine.context import prepare_examples
+from sdft_ops.engine.loop import sdft_step, sft_step
+from sdft_ops.engine.rollout import sample_completions, student_share, teacher_rows
+from sdft_ops.engine.sampling import decode, row_seed
+from sdft_ops.engine.teacher import Teacher
+from sdft_ops.tiny import build_tiny
+
+FAST = dict(max_new_tokens=12, autocast_bf16=False, prompts_per_step=4)
+
+
+def _demos(n=12):
+    return [Demonstration(id=f"d{i}", prompt=f"What is {i} plus {i}?",
+                          demonstration=f"The answer is {2 * i}.", domain="math") for i in range(n)]
+
+
+def _setup(cfg, n=4):
+    model, tok = build_tiny()
+    examples = prepare_examples(_demos(n), tok, cfg)
+    teacher = Teacher(model, "frozen", 0.02)
+    seeds = [row_seed(cfg.seed, e.id, q) for q, e in enumerate(examples)]
+    return model, tok, examples, teacher, seeds
+
+
+def test_a_teacher_rollout_is_sampled_from_the_teacher_prompt_by_the_teacher(monkeypatch):
+    cfg = SDFTConfig(rollout="teacher", teacher_temperature=0.7, **FAST)
+    model, tok, examples, teacher, seeds = _setup(cfg)
+    calls = []
+    real = rollout_module.decode
+    monkeypatch.setattr(rollout_module, "decode",
+                        lambda m, prompts, **k: calls.append((m, prompts, k)) or real(m, prompts, **k))
+    out = sample_completions(model, teacher.model, examples, seeds, [True] * 4, cfg,
+                             tok.eos_token_id, tok.pad_token_id)
+    ((used, prompts, kw),) = calls
+    assert used is teacher.model and used is not model
+    assert prompts == [e.teacher_prompt for e in examples] and kw["temperature"] == 0.7
+    assert all(e.teacher_prompt != e.student_prompt for e in examples)
+    direct = decode(teacher.model, [examples[2].teacher_prompt], max_new_tokens=12,
+                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=0.7,
+                    seeds=[seeds[2]]).completion_ids[0]
+    assert out.ids[2, : len(direct)].tolist() == direct.tolist() and bool(out.from_teacher.all())
+
+
+def test_mixed_rows_keep_their_own_source_and_sample(monkeypatch):
+    cfg = SDFTConfig(rollout="mixed", **FAST)
+    model, tok, examples, teacher, seeds = _setup(cfg)
+    sources = [True, False, False, True]
+    out = sample_completions(model, teacher.model, examples, seeds, sources, cfg,
+                             tok.eos_token_id, tok.pad_token_id)
+    for i, e in enumerate(examples):
+        m, prompt = (teacher.model, e.teacher_prompt) if sources[i] else (model, e.student_prompt)
+        alone = decode(m, [prompt], max_new_tokens=12, eos_id=tok.eos_token_id,
+                       pad_id=tok.pad_token_id, seeds=[seeds[i]]).completion_ids[0]
+        assert out.ids[i, : len(alone)].tolist() == alone.tolist()
+    assert out.from_teacher.tolist() == sources
+
+
+def test_mixed_is_deterministic_per_seed_and_respects_its_fraction():
+    keys = [(f"ex{i}", i) for i in range(4000)]
+    cfg = SDFTConfig(rollout="mixed", student_fraction=0.3)
+    rows = teacher_rows(cfg, 0, 10, keys)
+    assert rows == teacher_rows(cfg, 5, 10, keys)  # no ramp: the step does not matter
+    assert rows != teacher_rows(cfg.model_copy(update={"seed": 1}), 0, 10, keys)
+    student = 1 - sum(rows) / len(rows)
+    assert abs(student - 0.3) < 0.025  # 4000 Bernoulli(0.3) draws: sd 0.007
+    assert teacher_rows(SDFTConfig(rollout="teacher"), 0, 10, keys[:5]) == [True] * 5
+    assert teacher_rows(SDFTConfig(), 0, 10, keys[:5]) == [False] * 5
+    ramp = cfg.model_copy(update={"student_fraction_ramp": True})
+    assert [student_share(ramp, s, 11) for s in (0, 5, 10)] == pytest.approx([0.0, 0.15, 0.3])
+    assert all(teacher_rows(ramp, 0, 11, keys[:50]))  # share 0 at the first step
+    late = 1 - sum(teacher_rows(ramp, 10, 11, keys)) / len(keys)
+    assert abs(late - 0.3) < 0.025
+
+
+def test_the_scorer_filter_replaces_rejected_teacher_rollouts_by_the_demonstration():
+    cfg = SDFTConfig(rollout="mixed", rollout_filter="scorer", **FAST)
+    model, tok, examples, teacher, seeds = _setup(cfg)
+    sources = [True, True, False, False]
+    seen = []
+    reject = lambda ids, e: seen.append(e.id) or e.id != "d0"  # noqa: E731  reject d0 only
+    out = sample_completions(model, teacher.model, examples, seeds, sources, cfg,
+                             tok.eos_token_id, tok.pad_token_id, check=reject)
+    assert seen == ["d0", "d1"] and out.replaced == 1  # student rows are never checked
+    assert out.ids[0, : len(examples[0].target)].tolist() == list(examples[0].target)
+    kept = sample_completions(model, teacher.model, examples, seeds, sources, cfg,
+                              tok.eos_token_id, tok.pad_token_id, check=lambda ids, e: True)
+    assert kept.replaced == 0 and out.ids[1].tolist() == kept.ids[1, : out.ids.shape[1]].tolist()
+    assert kept.ids[0, : len(examples[0].target)].tolist() != list(examples[0].target)
+
+
+def test_the_filter_gets_the_answer_text_and_the_demonstration_through_train():
+    model, tok = build_tiny()
+    checked = []
+    cfg = SDFTConfig(rollout="teacher", rollout_filter="scorer", max_steps=1, **FAST)
+    result = train(model, tok, _demos(), cfg, progress=False,
+                   rollout_check=lambda text, demo: checked.append((text, demo.id)) or False)
+    assert len(checked) == 4 and all(isinstance(t, str) for t, _ in checked)
+    assert result.history[0]["train/filter_replaced"] == 4
+    assert result.history[0]["train/teacher_rollout_rate"] == 1.0
+    with pytest.raises(ValueError, match="needs train"):
+        train(model, tok, _demos(), cfg, progress=False)
+
+
+def test_config_refuses_settings_that_cannot_work():
+    with pytest.raises(ValueError, match="SDFT settings"):
+        SDFTConfig(method="sft", rollout="teacher")
+    with pytest.raises(ValueError, match="checks teacher rollouts"):
+        SDFTConfig(rollout_filter="scorer")
+    with pytest.raises(ValueError, match="student's own samples"):
+        SDFTConfig(rollout="teacher", divergence="reverse_kl", estimator="sampled_token")
+
+
+def test_nll_on_teacher_rollouts_and_the_sft_anchor_add_up_as_documented():
+    cfg = SDFTConfig(rollout="mixed", **FAST)
+    model, tok, examples, teacher, seeds = _setup(cfg)
+    sources = [True, False, True, False]
+    args = (model, teacher, examples, seeds, sources)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    base, _ = sdft_step(*args, cfg, eos, pad)
+    anchored, _ = sdft_step(*args, cfg.model_copy(update={"sft_weight": 0.5}), eos, pad)
+    sft, _ = sft_step(model, examples, cfg, pad)
+    torch.testing.assert_close(anchored, base + 0.5 * sft)
+    # nll: teacher rows score the sampled tokens' NLL under the student, student rows keep the KL
+    nll_cfg = cfg.model_copy(update={"teacher_rollout_loss": "nll"})
+    with_nll, _ = sdft_step(*args, nll_cfg, eos, pad)
+    rows = sample_completions(model, teacher.model, examples, seeds, sources, cfg, eos, pad).ids
+    expected = 0.0
+    for i, e in enumerate(examples):
+        tokens = rows[i].tolist()
+        tokens = tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+        if not sources[i]:
+            alone, _ = sdft_step(model, teacher, [e], [seeds[i]], [False], cfg, eos, pad)
+            expected += alone
+            continue
+        ids = torch.tensor([list(e.student_prompt) + tokens])
+        logp = model(ids).logits.log_softmax(-1)[0]
+        start = len(e.student_prompt)
+        scored = [(t, tok_id) for t, tok_id in enumerate(tokens) if t >= cfg.skip_first_tokens]
+        expected += -sum(logp[start - 1 + t, tok_id] for t, tok_id in scored) / len(scored)
+    torch.testing.assert_close(with_nll, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rollout", [
+    {"rollout": "teacher", "teacher_temperature": 0.5},
+    {"rollout": "mixed", "student_fraction": 0.5, "student_fraction_ramp": True, "sft_weight": 1.0},
+    {"rollout": "mixed", "rollout_filter": "scorer", "teacher_rollout_loss": "nll"},
+])
+def test_killed_and_resumed_run_ends_with_the_same_weights_for_every_source(tmp_path, rollout):
+    cfg = SDFTConfig(max_steps=5, checkpoint_every=2, learning_rate=1e-3, **FAST, **rollout)
+    check = lambda text, demo: len(text) % 2 == 0  # noqa: E731  deterministic, rejects some
+    straight, tok = build_tiny()
+    train(straight, tok, _demos(), cfg, rollout_check=check, progress=False)
+
+    def crash(step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt("killed")
+
+    interrupted, _ = build_tiny()
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, tok, _demos(), cfg, output_dir=tmp_path, callbacks=[crash],
+              rollout_check=check, progress=False)
+    resumed, _ = build_tiny()
+    train(resumed, tok, _demos(), cfg, output_dir=tmp_path, rollout_check=check, progress=False)
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
