@@ -197,9 +197,15 @@ def _load(model_dir: str, cfg: UpdateConfig):
     return load_model(cfg.model.model_copy(update={"name_or_path": model_dir, "gguf_file": None}))
 
 
+def rollout_check(demo: Demonstration, text: str, cfg: UpdateConfig) -> bool:
+    """Whether `text` answers `demo` right by its domain's scorer (the `rollout_filter`)."""
+    scorer = DOMAINS[demo.domain].scorer if demo.domain in DOMAINS else get_scorer(cfg.scorer)
+    return scorer(text, reference_for(demo)) >= 1.0
+
+
 def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: UpdateConfig,
-                    home: Path, logger=None) -> Trained:
-    """Train from the parent on the domain's demos; writes updates/<id>/model (safetensors)."""
+                    home: Path, logger=None, replay: Sequence[Demonstration] = ()) -> Trained:
+    """Train from the parent on the domain's demos (+ `replay`); writes updates/<id>/model."""
     from sdft_ops.engine import train
     from sdft_ops.engine.ceiling import teacher_ceiling
     from sdft_ops.engine.checkpoint import save_trained_model
@@ -218,11 +224,13 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
                              "ceiling/student": ceiling["student_score"]}, 0)
     callbacks = [lambda step, m: logger.log_dict(m, step)] if logger is not None else []
     folder = update_dir(home, update_id)
-    result = train(model, tokenizer, domain.train.records, cfg.train,
-                   output_dir=folder / "checkpoints", callbacks=callbacks)
+    result = train(model, tokenizer, [*domain.train.records, *replay], cfg.train,
+                   output_dir=folder / "checkpoints", callbacks=callbacks,
+                   rollout_check=lambda text, demo: rollout_check(demo, text, cfg))
     meta = {"update_id": update_id, "parent": parent.ref, "dataset_hash": domain.train.content_hash,
             "method": cfg.train.method, "final": result.final, "ceiling": ceiling,
-            "demo_tokens_cut": result.demo_tokens_cut, "seconds": result.seconds}
+            "demo_tokens_cut": result.demo_tokens_cut, "seconds": result.seconds,
+            "replay_ids": [d.id for d in replay]}
     model_dir = save_trained_model(model, tokenizer, folder / "model", meta)
     return Trained(model_dir, cfg.train.method, result.seconds, result.final, ceiling)
 
@@ -334,24 +342,33 @@ def stage_dataset(update_id: str, dataset: DemoDataset, cfg: UpdateConfig, home:
 
 def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Trained:
     """Step 2: train from the current champion (or the base model); one MLflow run per update."""
+    from sdft_ops.replay import draw_replay, lineage_pool
     from sdft_ops.tracking import start_update_run
 
     domain = _domain_from_state(home, update_id, cfg)
     parent = resolve_parent(registry, cfg)
+    replay = draw_replay(lineage_pool(registry, home, parent.version) if cfg.replay.fraction else [],
+                         len(domain.train), cfg.replay, domain.train.content_hash)
     logger = start_update_run(cfg.tracking.experiment, update_id, parent_run_id=parent.run_id,
                               uri=registry.tracking_uri, home=home, parent_version=parent.version,
                               tags={"sdft_ops.domain": domain.name,
                                     "sdft_ops.method": cfg.train.method})
     try:
         logger.log_config(cfg.model_dump(mode="json"))
-        trained = train_candidate(update_id, domain, parent, cfg, home, logger)
+        if replay:
+            ids = update_dir(home, update_id) / "replay_ids.json"
+            ids.write_text(json.dumps([d.id for d in replay], indent=0))
+            logger.log_artifact(ids)
+            logger.log_dict({"replay/demonstrations": float(len(replay))}, 0)
+        trained = train_candidate(update_id, domain, parent, cfg, home, logger, replay)
     except BaseException:
         logger.close("FAILED")
         raise
     logger.close()
     save_state(home, update_id, run_id=logger.run_id, parent=parent.__dict__,
                model_dir=str(trained.model_dir), train_final=trained.final,
-               train_seconds=trained.seconds, ceiling=trained.ceiling, method=trained.method)
+               train_seconds=trained.seconds, ceiling=trained.ceiling, method=trained.method,
+               replay_ids=[d.id for d in replay])
     return trained
 
 

@@ -6,6 +6,7 @@
     eval      EvalConfig     which suites, how big, how precise
     gate      GatePolicy     when a candidate may replace the champion
     tracking  TrackingConfig MLflow: where, which experiment, which registered model
+    replay    ReplayConfig   demonstrations of the champion's lineage mixed into the update
 
 Load from YAML (`configs/update.yaml`, `configs/demo.yaml`); a `gate` given as a string is a
 path to a gate policy YAML, resolved relative to the config file.
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.gate import GatePolicy
 from sdft_ops.models import ModelSpec
+from sdft_ops.replay import ReplayConfig
 
 EVAL_PRECISIONS = ("model", "bf16_autocast")
 
@@ -75,6 +77,7 @@ class UpdateConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     gate: GatePolicy = GatePolicy()
     tracking: TrackingConfig = TrackingConfig()
+    replay: ReplayConfig = ReplayConfig()
     heldout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="held-out share of a user's demo file (shipped domains "
         "bring their own eval set)")

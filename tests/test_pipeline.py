@@ -70,3 +70,37 @@ def test_demo_chain_prints_a_summary_and_the_accuracy_matrix(tmp_path):
     text = "\n".join(summary_lines(outcomes, matrix, plot, registry.tracking_uri))
     assert "version 1: PROMOTED" in text and "new domain tooluse" in text
     assert "accuracy-matrix plot" in text and "BWT" in text
+
+
+def test_replay_draws_recorded_reproducible_demonstrations_from_the_champions_lineage(chain, home):
+    from sdft_ops.pipeline import stage_dataset, train_step
+    from sdft_ops.replay import REPLAY_PREFIX, ReplayConfig, draw_replay, lineage_pool
+
+    registry, first, _ = chain  # champion: version 1 = update u1 (tooluse); u2 was rejected
+    cfg = tiny_config_with_replay(first, 0.25)
+    dataset = load_shipped("triage")[0]
+    stage_dataset("u3", dataset, cfg, home)
+    train_step("u3", cfg, home, registry)
+    state = load_state(home, "u3")
+    u1_ids = {f"{REPLAY_PREFIX}u1:{d.id}" for d in load_shipped("tooluse")[0].records}
+    assert len(state["replay_ids"]) == round(0.25 * len(dataset)) > 0
+    assert set(state["replay_ids"]) <= u1_ids  # the rejected u2 is not in the lineage
+    pool = lineage_pool(registry, home, "1")
+    again = draw_replay(pool, len(dataset), ReplayConfig(fraction=0.25), dataset.content_hash)
+    assert [d.id for d in again] == state["replay_ids"]
+    other = draw_replay(pool, len(dataset), ReplayConfig(fraction=0.25, seed=1), dataset.content_hash)
+    assert [d.id for d in other] != state["replay_ids"]
+    run = registry.client.get_run(state["run_id"])
+    assert run.data.metrics["replay/demonstrations"] == len(state["replay_ids"])
+    logged = [a.path for a in registry.client.list_artifacts(state["run_id"])]
+    assert "replay_ids.json" in logged
+    meta = json.loads((update_dir(home, "u3") / "model" / "sdft_ops_train.json").read_text())
+    assert meta["replay_ids"] == state["replay_ids"]  # what the model was trained on
+
+
+def tiny_config_with_replay(first, fraction):
+    from pathlib import Path
+
+    base = Path(first.report.config["model"]["name_or_path"])
+    cfg = tiny_config(base)
+    return cfg.model_copy(update={"replay": cfg.replay.model_copy(update={"fraction": fraction})})

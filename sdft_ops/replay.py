@@ -1,0 +1,57 @@
+"""Replay: mix demonstrations of the champion's lineage into a new update's training set.
+
+`replay: {fraction, seed}` adds `round(fraction × len(train))` demonstrations drawn, without
+replacement, from the training sets of every update in the current champion's lineage (the
+champion, its parent, ... — the safety update included), read from `updates/<id>/train.jsonl`.
+The draw is a seeded shuffle of the pool sorted by (update id, demonstration id), keyed by the
+replay seed and the new data's content hash: the same champion and the same data always replay
+the same demonstrations. Replayed ids (`replay:<update id>:<demo id>`) are recorded in the update
+state and logged to its MLflow run. Under SDFT a replayed prompt is distilled like a new one,
+with its own demonstration in the teacher's context; under SFT it is one more label.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdft_ops.data import Demonstration, load_demonstrations
+
+REPLAY_PREFIX = "replay:"
+
+
+class ReplayConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fraction: float = Field(0.0, ge=0.0, le=4.0, description="replayed / new demonstrations")
+    seed: int = 0
+
+
+def lineage_pool(registry, home: Path, champion: str | None) -> list[Demonstration]:
+    """Every training demonstration of the updates in `champion`'s lineage, ids prefixed with
+    their update; empty without a champion. A version whose update folder is gone (trained in
+    another data home) contributes nothing."""
+    if champion is None:
+        return []
+    pool = []
+    for version in registry.lineage(champion):
+        update_id = registry.get_version(version).tags.get("sdft_ops.update_id")
+        path = Path(home) / "updates" / str(update_id) / "train.jsonl"
+        if update_id and path.is_file():
+            pool += [d.model_copy(update={"id": f"{REPLAY_PREFIX}{update_id}:{d.id}"})
+                     for d in load_demonstrations(path).records]
+    return sorted(pool, key=lambda d: d.id)
+
+
+def draw_replay(pool: Sequence[Demonstration], n_new: int, cfg: ReplayConfig,
+                data_hash: str) -> list[Demonstration]:
+    """The replayed demonstrations for an update of `n_new` demonstrations hashing to `data_hash`."""
+    n = min(len(pool), round(cfg.fraction * n_new))
+    if n == 0:
+        return []
+    order = list(range(len(pool)))
+    random.Random(f"{cfg.seed}:{data_hash}").shuffle(order)
+    return [pool[i] for i in sorted(order[:n])]
