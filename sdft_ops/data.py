@@ -5,6 +5,26 @@ is a string or a chat (a list of `{role, content}` ending with a user turn). `lo
 reports every problem in a file at once (`DemoDataError`, one `path:line: field: message` each)
 so a bad file is fixed in one pass. A `DemoDataset`'s content hash and train/held-out split
 depend only on the records, never on file order or JSON formatting.
+
+Rules beyond the JSON types:
+
+* `domain` is an identifier, because it names files and suites (`domains/<domain>.json`,
+  `domain/<domain>`): `^[a-z0-9][a-z0-9_.-]{0,63}$` and no `..` (no path separators, no
+  uppercase). Code that builds a path from data uses `inside(root, *parts)`.
+* text fields (`id`, `prompt`, chat `content`, `demonstration`, `domain`) must hold a visible
+  character: text made only of whitespace, control or format characters (Unicode Cc, Cf, Zs,
+  Zl, Zp, lone surrogates; NUL, U+200B, U+202E, ...) or fillers such as U+3164 is blank.
+* a chat prompt is an optional leading `system` turn, then `user` / `assistant` alternating,
+  starting and ending with `user`.
+
+Limits, enforced before or during JSON parsing so that every bad line is a `DemoDataError`
+naming its file and line, never a RecursionError or ValueError from the parser:
+
+* a line is at most `LoadOptions.max_line_bytes` (default 1,000,000) bytes, a file at most
+  `LoadOptions.max_file_bytes` (default 1 GiB);
+* JSON nesting (objects + arrays) at most `MAX_JSON_DEPTH` = 64 levels deep;
+* integer literals at most `MAX_INT_DIGITS` = 100 digits; NaN, Infinity and numbers that
+  overflow a float are refused (JSON has no non-finite numbers).
 """
 
 from __future__ import annotations
@@ -12,8 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
@@ -25,14 +48,53 @@ log = logging.getLogger(__name__)
 
 DuplicatePolicy = Literal["error", "keep_first", "keep_all"]
 
+MAX_JSON_DEPTH = 64  # nesting of objects + arrays in one line
+MAX_INT_DIGITS = 100  # digits of one integer literal (Python refuses > 4300 with a ValueError)
+DOMAIN_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
+_INVISIBLE_LETTERS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}  # blank-looking fillers
+
+
+def _invisible(char: str) -> bool:
+    return (char.isspace() or char in _INVISIBLE_LETTERS
+            or unicodedata.category(char) in _INVISIBLE_CATEGORIES)
+
 
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or whitespace-only")
+    if all(_invisible(char) for char in value):
+        shown = ", ".join(sorted({f"U+{ord(char):04X}" for char in value})[:5])
+        raise ValueError(f"has only invisible characters ({shown}: control, format or "
+                         "space characters); write visible text")
+    return value
+
+
+def _domain_name(value: str) -> str:
+    if not DOMAIN_PATTERN.fullmatch(value) or ".." in value:
+        raise ValueError(f"{value[:80]!r} is not a domain name: use 1-64 lowercase letters, digits, "
+                         "'_', '.' or '-', starting with a letter or digit, without '..' "
+                         "(it names files and suites), e.g. 'tooluse'")
     return value
 
 
 NonEmptyStr = Annotated[str, AfterValidator(_not_blank)]
+DomainName = Annotated[str, AfterValidator(_not_blank), AfterValidator(_domain_name)]
+
+
+def inside(root: str | os.PathLike, *parts: str | os.PathLike) -> Path:
+    """`root / parts...` resolved (symlinks and `..` followed); ValueError if it leaves `root`.
+
+    Use it for every path built from data (a domain name, an update id):
+    `inside(home / "domains", f"{domain}.json")`.
+    """
+    base = Path(root).resolve()
+    target = base.joinpath(*parts).resolve()
+    if not target.is_relative_to(base):
+        shown = "/".join(str(part) for part in parts)
+        raise ValueError(f"path {shown!r} leads outside {base} (to {target}); names taken from "
+                         "data must not contain '..', '/' or absolute paths")
+    return target
 
 
 class ChatMessage(BaseModel):
@@ -44,9 +106,19 @@ class ChatMessage(BaseModel):
     content: NonEmptyStr
 
 
+_CHAT_ORDER = "[system], user, assistant, user, ..., user"
+
+
 def _check_chat(messages: list[ChatMessage]) -> list[ChatMessage]:
     if not messages:
         raise ValueError("a chat prompt must not be an empty list; give at least one user message")
+    start = 1 if messages[0].role == "system" else 0
+    for index, message in enumerate(messages[start:], start=start):
+        expected = "user" if (index - start) % 2 == 0 else "assistant"
+        if message.role != expected:
+            raise ValueError(f"message [{index}] has role {message.role!r} where {expected!r} is "
+                             f"expected; chat roles must go {_CHAT_ORDER} (one optional leading "
+                             "system turn, then user and assistant alternating)")
     if messages[-1].role != "user":
         raise ValueError(f"a chat prompt must end with a user message, not {messages[-1].role!r}; "
                          "the expert's reply belongs in 'demonstration'")
@@ -76,7 +148,7 @@ class Demonstration(BaseModel):
     id: NonEmptyStr
     prompt: Prompt
     demonstration: NonEmptyStr = Field(description="the expert response")
-    domain: NonEmptyStr
+    domain: DomainName
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -119,6 +191,7 @@ class LoadOptions(BaseModel):
 
     duplicate_content: DuplicatePolicy = "keep_first"
     max_line_bytes: int = Field(1_000_000, gt=0)
+    max_file_bytes: int = Field(1 << 30, gt=0)
 
 
 def _canonical(value: Any) -> str:
@@ -283,13 +356,69 @@ def _friendly(error: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def validation_error_lines(error: ValidationError, source: str | os.PathLike) -> list[str]:
+    """One `source: field.path: message` line per pydantic error (no URLs, no input dumps);
+    a model-level error has no field: `source: message`."""
+    lines = []
+    for e in error.errors(include_url=False):
+        where = field_path(e["loc"])
+        lines.append(f"{source}: {where + ': ' if where else ''}{e['msg'].removeprefix('Value error, ')}")
+    return lines
+
+
+class _LimitError(ValueError):
+    """A line breaks one of the module's documented parse limits."""
+
+
+_STRING_LITERAL = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)  # possessive: linear time
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _check_depth(text: str) -> None:
+    # Strings are blanked first so brackets inside them don't count; brackets outside strings
+    # decide the nesting. Runs before json.loads, whose C scanner recurses per level.
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRING_LITERAL.sub('""', text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise _LimitError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels; flatten the record "
+                              "(metadata is for small annotations)")
+
+
+def _parse_int(literal: str) -> int:
+    digits = len(literal.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _LimitError(f"integer literal with {digits} digits, over the limit of {MAX_INT_DIGITS}; "
+                          "store big numbers as strings")
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _LimitError(f"number {literal[:40]}{'…' if len(literal) > 40 else ''} overflows a "
+                          "float; store it as a string")
+    return value
+
+
+def _parse_constant(name: str) -> float:
+    raise _LimitError(f"{name} is not valid JSON; write null or a string instead")
+
+
 def _parse_record(text: str) -> tuple[Demonstration | None, list[tuple[str | None, str]]]:
     """One non-blank line -> (the record, or None if it has problems; [(field, message), ...])."""
     try:
-        obj = json.loads(text)
+        _check_depth(text)
+        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                         parse_constant=_parse_constant)
     except json.JSONDecodeError as exc:
         return None, [(None, f"malformed JSON: {exc.msg} (column {exc.colno}); each non-blank "
                              "line must be one complete JSON object")]
+    except _LimitError as exc:
+        return None, [(None, str(exc))]
+    except (ValueError, RecursionError) as exc:  # backstop: no parser error escapes as a crash
+        return None, [(None, f"cannot parse the line as JSON ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}); write one JSON object per line")]
     if not isinstance(obj, dict):
         return None, [(None, f"expected a JSON object {{...}}, got {_json_type(obj)}")]
     try:
@@ -327,6 +456,11 @@ def load_demonstrations(
     duplicates: list[tuple[str, str, int, int]] = []  # kept_id, dup_id, kept_line, dup_line
     saw_content = False
     with handle:
+        size = os.fstat(handle.fileno()).st_size  # a FIFO or device reports 0: lines still bounded
+        if size > options.max_file_bytes:
+            problem(None, None, f"file is {size} bytes, over max_file_bytes="
+                    f"{options.max_file_bytes}; split it or raise LoadOptions.max_file_bytes")
+            raise DemoDataError(problems)
         for line_no, text, unreadable in _text_lines(handle, options.max_line_bytes):
             if text is not None and not text.strip():
                 continue  # blank lines are allowed

@@ -20,17 +20,25 @@ set knob is one check, passed when `measured >= threshold`:
 | min_retention_ci_low | lower end of the paired 95% bootstrap CI of the ratio | min_retention_ci_low |
 | min_gain | Δ = candidate − reference | min_gain |
 
+Every statistic a check measures is recomputed here from the per-item scores in the report's
+`results` / `reference_results` (paired by item id): the candidate's score and its bootstrap
+CI (`metrics.bootstrap_ci`), Δ, the ratio and its CI (`metrics.retention`), at the documented
+95% level with max(report.n_boot, 1000) resamples and the report's bootstrap seed. The stored
+derived fields (`score_ci`, `retention[*].difference`, `ratio`, CIs) are never trusted, so an
+edited report cannot pass by its numbers.
+
 Fail-closed rules, each a failed check with its reason:
 
 * `parent_is_champion` — a champion exists and the candidate's parent is not it (stale: the
   candidate was trained from, and compared with, a model that is no longer serving).
 * `required` — a suite in `required_suites` was not scored on the candidate; `coverage` — the
   reference was scored on a suite the candidate was not.
-* `finite` — a NaN/inf score or statistic.
+* `finite` — a NaN/inf per-item score, score or statistic.
 * `reference` — a knob that compares with the reference, but the report has no reference
   result (or retention) for that suite.
 * `provenance` — candidate and reference scored different items (`item_ids_hash`), metrics or
-  directions, or the report's retention does not match its results.
+  directions, the report's stored retention names other scores or item counts than its results,
+  or the statistics cannot be recomputed from them (e.g. a "binary" suite with a 0.5 score).
 * `report_readable` — `decide_from_file` could not read the report.
 
 Default thresholds (SmolLM2-135M-Instruct, seeded subsets of 100–300 items; `configs/gate.yaml`):
@@ -68,7 +76,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sdft_ops.evaluation.metrics import Retention
+from sdft_ops.data import validation_error_lines
+from sdft_ops.evaluation.metrics import Retention, bootstrap_ci, retention
 from sdft_ops.evaluation.report import EvalReport
 from sdft_ops.evaluation.types import SuiteResult
 
@@ -84,6 +93,8 @@ GLOBAL = "*"  # RuleCheck.suite of checks about the whole report
 _TOLERANCE = 1e-9  # float slack so that e.g. a ratio of exactly 0.99 passes a 0.99 bound
 _RELATIVE_KNOBS = ("max_relative_drop", "min_retention_ci_low")
 _REFERENCE_KNOBS = ("max_drop", "max_relative_drop", "min_retention_ci_low", "min_gain")
+CI_LEVEL = 0.95  # the gate's CIs, whatever level the report was built with
+MIN_BOOT = 1000  # the gate resamples at least this often, whatever n_boot the report records
 
 
 def suite_class(suite: str) -> SuiteClass:
@@ -186,8 +197,9 @@ class GatePolicy(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            raise ValueError(f"gate policy {path} is invalid ({e.error_count()} problems):\n{e}\n"
-                             "see configs/gate.yaml for every knob and its meaning") from e
+            lines = "\n".join(validation_error_lines(e, path))
+            raise ValueError(f"gate policy {path} is invalid ({e.error_count()} problem(s); see "
+                             f"configs/gate.yaml for every knob and its meaning):\n{lines}") from e
 
 
 class RuleCheck(BaseModel):
@@ -288,13 +300,17 @@ def _parent_check(parent: str | None, champion: str | None, policy: GatePolicy) 
     if parent == champion:
         return RuleCheck(suite=GLOBAL, rule="parent_is_champion", passed=True,
                          note=f"parent is champion version {champion}")
+    parent_text = ("has no parent version (trained from the base model, or the parent was not "
+                   "given)" if parent is None else f"'s parent is version {parent}")
     return RuleCheck(suite=GLOBAL, rule="parent_is_champion", passed=False,
-                     note=f"stale: candidate's parent is version {parent} but the champion is version "
-                          f"{champion}; retrain from the current champion and re-evaluate against it")
+                     note=f"stale: candidate{' ' if parent is None else ''}{parent_text} but the champion "
+                          f"is version {champion}; retrain from the current champion and re-evaluate "
+                          "against it")
 
 
-def _provenance(suite: str, cand: SuiteResult, ref: SuiteResult, ret: Retention | None) -> RuleCheck | None:
-    """A failed provenance check, or None when candidate and reference are comparable."""
+def _provenance(suite: str, cand: SuiteResult, ref: SuiteResult, stored: Retention | None) -> RuleCheck | None:
+    """A failed provenance check, or None when candidate and reference are comparable. `stored`
+    (the report's own retention) is only checked for naming these results, never used."""
     if cand.item_ids_hash != ref.item_ids_hash:
         note = (f"candidate and reference scored different items (item_ids_hash "
                 f"{cand.item_ids_hash[:12]}… on {len(cand.item_ids)} items vs {ref.item_ids_hash[:12]}… on "
@@ -302,9 +318,9 @@ def _provenance(suite: str, cand: SuiteResult, ref: SuiteResult, ret: Retention 
     elif cand.metric != ref.metric or cand.higher_is_better != ref.higher_is_better:
         note = (f"metric {cand.metric!r} (higher_is_better={cand.higher_is_better}) vs {ref.metric!r} "
                 f"(higher_is_better={ref.higher_is_better}); re-score both with the same suite version")
-    elif ret is not None and (ret.n_items != len(cand.item_ids)
-                              or not math.isclose(ret.candidate_score, cand.score, abs_tol=1e-9)
-                              or not math.isclose(ret.reference_score, ref.score, abs_tol=1e-9)):
+    elif stored is not None and (stored.n_items != len(cand.item_ids)
+                                 or not math.isclose(stored.candidate_score, _mean(cand), abs_tol=1e-9)
+                                 or not math.isclose(stored.reference_score, _mean(ref), abs_tol=1e-9)):
         note = "the report's retention does not match its results; rebuild the report with build_report()"
     else:
         return None
@@ -320,28 +336,68 @@ def _threshold_check(suite: str, rule: RuleName, measured: float, threshold: flo
                      passed=measured >= threshold - _TOLERANCE, note=note)
 
 
+def _mean(result: SuiteResult) -> float:
+    try:
+        return result.score
+    except OverflowError:  # math.fsum of huge finite scores
+        return math.inf
+
+
+def _not_finite(suite: str, cand: SuiteResult, ref: SuiteResult | None) -> RuleCheck | None:
+    """A failed `finite` check if a per-item score or a mean of `cand` / `ref` is NaN/inf."""
+    for who, result in (("candidate", cand), ("reference", ref)):
+        if result is None:
+            continue
+        bad = [(i, v) for i, v in zip(result.item_ids, result.scores, strict=True) if not _finite(v)]
+        if bad or not _finite(_mean(result)):
+            what = f"item {bad[0][0]!r} scores {bad[0][1]}" if bad else f"mean score {_mean(result)}"
+            return RuleCheck(suite=suite, rule="finite", measured=_mean(cand), passed=False,
+                             note=f"{who} {what} is not finite; fix the scorer or drop the broken "
+                                  "items and re-evaluate")
+    return None
+
+
+def _recomputed(suite: str, report: EvalReport, cand: SuiteResult,
+                ref: SuiteResult | None) -> tuple[tuple[float, float], Retention | None] | RuleCheck:
+    """(candidate score CI, retention or None) from the per-item scores, or a failed check."""
+    n_boot, seed = max(report.n_boot, MIN_BOOT), report.seeds.get("bootstrap", 0)
+    try:
+        ci = bootstrap_ci(cand.scores, n_boot=n_boot, seed=seed, level=CI_LEVEL)
+        ret = None if ref is None else retention(cand, ref, n_boot=n_boot, seed=seed, level=CI_LEVEL)
+    except (ValueError, ArithmeticError) as e:  # ComparabilityError is a ValueError
+        return RuleCheck(suite=suite, rule="provenance", passed=False,
+                         note=f"cannot recompute the statistics from the per-item scores: "
+                              f"{' '.join(str(e).split())}")
+    if not _finite(*ci):
+        return RuleCheck(suite=suite, rule="finite", measured=_mean(cand), passed=False,
+                         note=f"candidate score {_fmt(_mean(cand))} / CI {ci} is not finite; fix the "
+                              "scorer or drop the broken items and re-evaluate")
+    return ci, ret
+
+
 def _suite_checks(suite: str, report: EvalReport, policy: GatePolicy,
                   new_domain: str | None) -> list[RuleCheck]:
     cand = report.results[suite]
     ref = report.reference_results.get(suite)
-    ret = report.retention.get(suite)
     knobs = policy.rule_for(suite, new_domain).knobs()
-    if not _finite(cand.score, *report.score_ci[suite]):
-        return [RuleCheck(suite=suite, rule="finite", measured=cand.score, passed=False,
-                          note=f"candidate score {cand.score} / CI {report.score_ci[suite]} is not finite; "
-                               "fix the scorer or drop the broken items and re-evaluate")]
+    needs_ref = [k for k in _REFERENCE_KNOBS if k in knobs]
+    compared = ref if needs_ref else None  # the reference is only read by the knobs that use it
+    if bad := _not_finite(suite, cand, compared):
+        return [bad]
+    if ref is not None and (bad := _provenance(suite, cand, ref, report.retention.get(suite))):
+        return [bad]
+    stats = _recomputed(suite, report, cand, compared)
+    if isinstance(stats, RuleCheck):
+        return [stats]
+    _, ret = stats  # recomputed; report.score_ci / report.retention are not read
     checks: list[RuleCheck] = []
-    if ref is not None:
-        bad = _provenance(suite, cand, ref, ret)
-        if bad is not None:
-            return [bad]
+    score = _mean(cand)
     if "min_score" in knobs:
         note = "" if cand.higher_is_better else "min_score needs a higher-is-better metric; use max_drop"
-        checks.append(RuleCheck(suite=suite, rule="min_score", measured=cand.score, threshold=knobs["min_score"],
+        checks.append(RuleCheck(suite=suite, rule="min_score", measured=score, threshold=knobs["min_score"],
                                 passed=False, note=note) if note else
-                      _threshold_check(suite, "min_score", cand.score, knobs["min_score"]))
-    needs_ref = [k for k in _REFERENCE_KNOBS if k in knobs]
-    if needs_ref and (ref is None or ret is None):
+                      _threshold_check(suite, "min_score", score, knobs["min_score"]))
+    if needs_ref and ret is None:
         checks.append(RuleCheck(suite=suite, rule="reference", passed=False,
                                 note=f"{', '.join(needs_ref)} compare with the reference, but the report has no "
                                      f"reference result for {suite}; evaluate the champion on it too "
@@ -401,8 +457,19 @@ def decide_from_file(path: str | os.PathLike, policy: GatePolicy, *, parent_vers
     try:
         report = EvalReport.load(path)
     except Exception as e:  # noqa: BLE001 — fail closed: any unreadable report is a reject
-        check = RuleCheck(suite=GLOBAL, rule="report_readable", passed=False, note=str(e).splitlines()[0])
+        check = RuleCheck(suite=GLOBAL, rule="report_readable", passed=False, note=_one_line(e, path))
         return GateDecision.from_checks([check], model_ref=str(path), parent_version=parent_version,
                                         champion_version=champion_version)
     return decide(report, policy, parent_version=parent_version, champion_version=champion_version,
                   new_domain=new_domain)
+
+
+def _one_line(error: Exception, path: str | os.PathLike) -> str:
+    """The whole reason a report is unreadable, on one line (pydantic: `field: message; ...`)."""
+    cause = error.__cause__ if isinstance(error.__cause__, ValidationError) else error
+    if isinstance(cause, ValidationError):
+        problems = [line.removeprefix(f"{path}: ") for line in validation_error_lines(cause, path)]
+        return (f"{path} is not a valid eval report ({cause.error_count()} problem(s)): "
+                + "; ".join(" ".join(p.split()) for p in problems)
+                + "; regenerate it with build_report(...).save(path)")
+    return " ".join(str(error).split())

@@ -214,12 +214,66 @@ def _with(report: EvalReport, **changes) -> EvalReport:
     return EvalReport.model_validate(data)
 
 
-def test_nan_statistic_rejects():
-    report = _with(report_of(healthy_pairs()), **{"retention.arc_easy.difference": "NaN"})
-    decision = judge(report)
-    assert failed(decision) == [("arc_easy", "max_drop")]
-    assert math.isnan(next(c.measured for c in decision.checks if c.rule == "max_drop" and c.suite == "arc_easy"))
+def overflowing_pair(suite="arc_easy"):
+    """Finite per-item scores whose Δ overflows to -inf: a non-finite statistic from real scores."""
+    return result(suite, [-1e308], metric="m"), result(suite, [1e308], metric="m")
+
+
+def test_non_finite_statistic_rejects():
+    decision = judge(report_of([*healthy_pairs(), overflowing_pair("hellaswag")]))
+    assert failed(decision) == [("hellaswag", "max_drop")]
+    assert math.isinf(next(c.measured for c in decision.checks if c.rule == "max_drop" and c.suite == "hellaswag"))
     assert "non-finite" in decision.reasons[0]
+
+
+def test_nan_reference_score_rejects():
+    report = report_of(healthy_pairs())
+    data = json.loads(report.model_dump_json())
+    data["reference_results"]["arc_easy"]["scores"][3] = "NaN"
+    decision = judge(EvalReport.model_validate(data))
+    assert failed(decision) == [("arc_easy", "finite")]
+    assert "reference item 'arc_easy/3'" in decision.reasons[0]
+
+
+@pytest.mark.parametrize("edit", [
+    {"retention.arc_easy.difference": "NaN"},
+    {"retention.mmlu.difference": -0.5},
+    {"retention.domain~tooluse.difference": -1.0},
+    {"retention.safety_refusal.ratio": 0.1, "retention.safety_refusal.ratio_ci": [0.0, 0.1]},
+    {"retention.safety_refusal.difference_ci": [-1.0, -0.9]},
+    {"score_ci.mmlu": ["NaN", "NaN"]},
+])
+def test_edited_derived_fields_in_a_saved_report_change_nothing(tmp_path, edit):
+    policy = GatePolicy(rules={**GatePolicy().rules, "safety_refusal": SuiteRule(
+        max_drop=0.02, max_relative_drop=0.05, min_retention_ci_low=0.9)})
+    report = report_of(healthy_pairs())
+    honest = decide_from_file(report.save(tmp_path / "honest.json"), policy,
+                              parent_version="3", champion_version="3")
+    edited = decide_from_file(_with(report, **edit).save(tmp_path / "edited.json"), policy,
+                              parent_version="3", champion_version="3")
+    assert honest.promote, honest.reasons
+    assert (edited.promote, edited.checks, edited.reasons) == (honest.promote, honest.checks, honest.reasons)
+
+
+def test_a_real_change_in_per_item_scores_changes_the_decision(tmp_path):
+    data = json.loads(report_of(healthy_pairs()).model_dump_json())
+    data["results"]["mmlu"]["scores"][:20] = [0.0] * 20  # 28 → 8 correct; stored retention untouched
+    data["retention"]["mmlu"]["candidate_score"] = 0.08  # keep the stored record naming these results
+    path = EvalReport.model_validate(data).save(tmp_path / "worse.json")
+    decision = decide_from_file(path, GatePolicy(), parent_version="3", champion_version="3")
+    assert failed(decision) == [("mmlu", "max_drop")]
+    check = next(c for c in decision.checks if c.suite == "mmlu" and c.rule == "max_drop")
+    assert check.measured == pytest.approx(-0.19)
+    assert data["retention"]["mmlu"]["difference"] == pytest.approx(0.01)  # the stale stored Δ
+
+
+def test_binary_suite_with_a_non_binary_score_fails_closed():
+    data = json.loads(report_of(healthy_pairs()).model_dump_json())
+    data["results"]["mmlu"]["scores"][0] = 0.5  # still "binary": retention refuses to compute
+    data["retention"]["mmlu"]["candidate_score"] = 27.5 / N
+    decision = judge(EvalReport.model_validate(data))
+    assert failed(decision) == [("mmlu", "provenance")]
+    assert "cannot recompute" in decision.reasons[0] and "binary" in decision.reasons[0]
 
 
 def test_nan_candidate_score_rejects():
@@ -289,6 +343,20 @@ def test_decide_from_file(tmp_path):
         assert bad.name in decision.reasons[0]
 
 
+def test_unreadable_report_reason_is_the_whole_reason_on_one_line(tmp_path):
+    data = json.loads(report_of(healthy_pairs()).model_dump_json())
+    data["results"]["mmlu"]["scores"][0] = "lots"
+    data["n_boot"] = 0
+    path = tmp_path / "invalid.json"
+    path.write_text(json.dumps(data))
+    decision = decide_from_file(path, GatePolicy(), parent_version="3", champion_version="3")
+    [reason] = decision.reasons
+    assert "\n" not in reason
+    assert "results.mmlu.scores[0]: Input should be a valid number" in reason
+    assert "n_boot: Input should be greater than or equal to 1" in reason
+    assert str(path) in reason and "regenerate it" in reason
+
+
 # ---------------------------------------------------------------------------- policy YAML
 
 
@@ -325,6 +393,17 @@ def test_bad_yaml_names_the_file_and_the_problem(tmp_path, text, match):
     assert "my_gate.yaml" in str(info.value)
 
 
+def test_bad_yaml_is_one_line_per_problem(tmp_path):
+    path = tmp_path / "my_gate.yaml"
+    path.write_text("default_rule: {max_drop: -1}\nsafety_rule: {max_dorp: 0.1}\n")
+    with pytest.raises(ValueError) as info:
+        GatePolicy.from_yaml(path)
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith(f"gate policy {path} is invalid (2 problem(s)")
+    assert lines[1:] == [f"{path}: default_rule.max_drop: Input should be greater than or equal to 0",
+                         f"{path}: safety_rule.max_dorp: Extra inputs are not permitted"]
+
+
 def test_missing_yaml_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="nope.yaml"):
         GatePolicy.from_yaml(tmp_path / "nope.yaml")
@@ -334,12 +413,14 @@ def test_missing_yaml_names_the_file(tmp_path):
 
 
 def test_decision_json_round_trip_and_markdown():
-    report = _with(report_of(healthy_pairs()), **{"retention.arc_easy.difference": "NaN"})
-    decision = judge(report, parent="3", champion="3")
+    # arc_easy: 0 of N right on both sides, so the ratio is 0/0 = NaN (refused, measured NaN)
+    pairs = [pair("arc_easy", 0, 0) if c.suite == "arc_easy" else (c, r) for c, r in healthy_pairs()]
+    policy = GatePolicy(rules={**GatePolicy().rules, "arc_easy": SuiteRule(max_relative_drop=0.1)})
+    decision = judge(report_of(pairs), policy, parent="3", champion="3")
     back = GateDecision.model_validate_json(decision.model_dump_json())
     assert back.promote is False and back.reasons == decision.reasons
     assert len(back.checks) == len(decision.checks)
-    nan_check = next(c for c in back.checks if c.suite == "arc_easy" and c.rule == "max_drop")
+    nan_check = next(c for c in back.checks if c.suite == "arc_easy" and c.rule == "max_relative_drop")
     assert math.isnan(nan_check.measured)
     assert back.model_dump_json() == decision.model_dump_json()
 
