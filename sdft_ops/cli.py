@@ -64,14 +64,22 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_update(args) -> int:
-    from sdft_ops.pipeline import demos_from, run_update
+    from sdft_ops.home import data_home
+    from sdft_ops.pipeline import demos_from, make_registry, run_update
 
     cfg = _config(args)
     outcome = run_update(demos_from(args.demos), cfg, update_id=args.update_id, home=args.home)
     print(outcome.decision.to_markdown())
-    print(f"\nversion {outcome.version}: {'PROMOTED to champion' if outcome.promoted else 'rejected'}"
+    # report what the registry says now, not what this process meant to do
+    champion = make_registry(cfg, data_home(args.home)).champion_version()
+    promoted = outcome.promoted and champion == outcome.version
+    if outcome.promoted and not promoted:
+        print(f"\nversion {outcome.version} passed the gate, but the champion is version "
+              f"{champion}: another promotion won the race; re-run the update on the new champion")
+        return EXIT_REJECTED
+    print(f"\nversion {outcome.version}: {'PROMOTED to champion' if promoted else 'rejected'}"
           f"  (MLflow run {outcome.run_id})")
-    return 0 if outcome.promoted else EXIT_REJECTED
+    return 0 if promoted else EXIT_REJECTED
 
 
 def _cmd_eval(args) -> int:

@@ -77,7 +77,10 @@ class UpdateOutcome:
 
 
 def update_dir(home: Path, update_id: str) -> Path:
-    return Path(home) / "updates" / update_id
+    """`<home>/updates/<update_id>`; an id that would lead outside it is refused."""
+    from sdft_ops.data import inside
+
+    return inside(Path(home) / "updates", update_id)
 
 
 # ---------------------------------------------------------------------------- data
@@ -103,7 +106,10 @@ def prepare_domain(dataset: DemoDataset, cfg: UpdateConfig, home: Path) -> Domai
     if len(dataset.domains) != 1:
         raise ValueError(f"a domain update holds one domain; {dataset.source} has {dataset.domains}")
     name = dataset.domains[0]
+    from sdft_ops.data import inside
+
     registry = Path(home) / "domains"
+    inside(registry, f"{name}.json")  # the schema keeps names safe; this keeps paths safe
     registry.mkdir(parents=True, exist_ok=True)
     if name in DOMAINS:
         train = dataset
@@ -436,8 +442,19 @@ def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,
 # ---------------------------------------------------------------------------- the whole update
 
 
-def new_update_id(domain: str) -> str:
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{domain}"
+def new_update_id(domain: str, home: Path) -> str:
+    """`<UTC time>-<domain>-<6 hex>`, its folder created atomically: two updates started in the
+    same second never share an id (mkdir fails for the second, which draws again)."""
+    import secrets
+
+    (Path(home) / "updates").mkdir(parents=True, exist_ok=True)
+    while True:
+        update_id = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{domain}-{secrets.token_hex(3)}"
+        try:
+            update_dir(home, update_id).mkdir()
+            return update_id
+        except FileExistsError:
+            continue
 
 
 def make_registry(cfg: UpdateConfig, home: Path):
@@ -461,7 +478,7 @@ def run_update(dataset: DemoDataset, cfg: UpdateConfig, *, update_id: str | None
     """The whole update in one call (the CLI's `update`, `sdft-ops demo`, the benchmark)."""
     home = data_home(home)
     registry = registry or make_registry(cfg, home)
-    update_id = update_id or new_update_id(dataset.domains[0] if dataset.domains else "update")
+    update_id = update_id or new_update_id(dataset.domains[0] if dataset.domains else "update", home)
     stage_dataset(update_id, dataset, cfg, home)
     train_step(update_id, cfg, home, registry)
     eval_step(update_id, cfg, home, registry)

@@ -104,3 +104,19 @@ def tiny_config_with_replay(first, fraction):
     base = Path(first.report.config["model"]["name_or_path"])
     cfg = tiny_config(base)
     return cfg.model_copy(update={"replay": cfg.replay.model_copy(update={"fraction": fraction})})
+
+
+def test_update_ids_started_in_the_same_second_are_unique_and_their_folders_atomic(tmp_path):
+    from sdft_ops.pipeline import new_update_id
+
+    ids = {new_update_id("tooluse", tmp_path) for _ in range(50)}  # well within one second or two
+    assert len(ids) == 50 and all((tmp_path / "updates" / i).is_dir() for i in ids)
+
+
+def test_an_update_id_or_domain_cannot_lead_outside_the_data_home(tmp_path):
+    from sdft_ops.data import Demonstration
+
+    with pytest.raises(ValueError, match="outside"):
+        update_dir(tmp_path, "../../escaped")
+    with pytest.raises(ValueError, match="not a domain name"):
+        Demonstration(id="a", prompt="q", demonstration="d", domain="../../escaped")
