@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdft_ops.home import data_home
-from sdft_ops.tracking import DEFAULT_EXPERIMENT, code_version, ensure_experiment, resolve_tracking_uri
+from sdft_ops.tracking import DEFAULT_EXPERIMENT, code_version, ensure_experiment, ready_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -264,7 +264,7 @@ class PolicyRegistry:
         self.name = name
         self.home = home
         self.experiment = experiment
-        self.tracking_uri = resolve_tracking_uri(tracking_uri, home)
+        self.tracking_uri = ready_tracking_uri(tracking_uri, home)
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         path = ledger_path or data_home(home) / "registry" / f"{_slug(name)}.ledger.jsonl"
         self.ledger = PromotionLedger(path, lock_timeout_s=lock_timeout_s)
@@ -515,7 +515,7 @@ def load_champion(name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = Non
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    uri = resolve_tracking_uri(tracking_uri, home)
+    uri = ready_tracking_uri(tracking_uri, home)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         version = client.get_model_version_by_alias(name, alias).version

@@ -241,9 +241,66 @@ def artifact_root(home: str | os.PathLike | None = None) -> Path:
     return data_home(home) / ARTIFACTS_DIR
 
 
+# MLflow's HTTP client retries for minutes by default (7 retries, backoff 2, 120 s timeouts):
+# an unreachable server must fail an update in seconds, not minutes. Users may still override.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingUnreachable(ConnectionError):
+    """The tracking server does not answer; raised before any MLflow call waits on it."""
+
+
 def resolve_tracking_uri(uri: str | None = None, home: str | os.PathLike | None = None) -> str:
     """`uri` if given, else $MLFLOW_TRACKING_URI, else `tracking_uri(home)`."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri(home)
+
+
+def ready_tracking_uri(uri: str | None = None, home: str | os.PathLike | None = None) -> str:
+    """`resolve_tracking_uri`, checked usable before any client is built on it: a server must
+    accept a connection within PROBE_TIMEOUT_S (else one-line `TrackingUnreachable`); a local
+    sqlite store is created (migrated) once under a file lock, so that concurrent first updates
+    on a fresh data home do not race MLflow's migrations."""
+    uri = resolve_tracking_uri(uri, home)
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
+    elif uri.startswith("sqlite:///"):
+        _init_sqlite_once(uri)
+    return uri
+
+
+def _probe_server(uri: str) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise TrackingUnreachable(f"MLflow tracking server {uri} is not reachable ({reason}); "
+                                  "start it or set tracking.tracking_uri") from None
+
+
+def _init_sqlite_once(uri: str) -> None:
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    ready = db.with_name(f".{db.name}.ready")
+    if ready.is_file():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(f".{db.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process migrates; the others wait, then skip
+        if not ready.is_file():
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            ready.touch()
 
 
 def is_local_store(uri: str) -> bool:
@@ -314,7 +371,7 @@ def start_update_run(experiment: str, run_name: str, parent_run_id: str | None =
     """
     from mlflow import MlflowClient
 
-    uri = resolve_tracking_uri(uri, home)
+    uri = ready_tracking_uri(uri, home)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment_id = ensure_experiment(client, experiment, uri, home)
     parent_chain = ""
