@@ -360,6 +360,16 @@ def _start_system_metrics(run_id: str, uri: str, interval_s: float) -> Any:
         return None
 
 
+def fail_stale_runs(client: "MlflowClient", experiment_id: str, run_name: str) -> list[str]:
+    """Mark FAILED the runs of `run_name` still RUNNING: a killed update left them so, and its
+    rerun starts a new run. Returns their ids."""
+    stale = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{run_name}' "
+                               "and attributes.status = 'RUNNING'")
+    for run in stale:
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in stale]
+
+
 def start_update_run(experiment: str, run_name: str, parent_run_id: str | None = None,
                      tags: Mapping[str, Any] | None = None, *, uri: str | None = None,
                      home: str | os.PathLike | None = None, parent_version: str | None = None,
@@ -381,6 +391,7 @@ def start_update_run(experiment: str, run_name: str, parent_run_id: str | None =
         except Exception as e:
             raise ValueError(f"parent run {parent_run_id} is not in {uri}: {e}; pass the run id of "
                              "the model this update starts from, or None for a first update") from e
+    fail_stale_runs(client, experiment_id, run_name)
     run = client.create_run(experiment_id, run_name=run_name)
     run_id = run.info.run_id
     chain = f"{parent_chain}/{run_id}" if parent_chain else run_id

@@ -49,3 +49,20 @@ def test_two_first_updates_on_a_fresh_data_home_both_create_the_store(tmp_path):
     assert all(out.strip().endswith("ok") for out, _ in outs)
     assert resolve_tracking_uri(None, home).startswith("sqlite:///")
     assert (home / ".mlflow.db.ready").is_file()
+
+
+def test_a_rerun_marks_the_killed_runs_of_its_update_failed(tmp_path, mlflow_template):
+    import shutil
+
+    from sdft_ops.tracking import start_update_run
+
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    killed = start_update_run("e", "u1", home=tmp_path, log_system_metrics=False)  # never closed
+    other = start_update_run("e", "u2", home=tmp_path, log_system_metrics=False)
+    rerun = start_update_run("e", "u1", home=tmp_path, log_system_metrics=False)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(resolve_tracking_uri(None, tmp_path))
+    status = lambda logger: client.get_run(logger.run_id).info.status  # noqa: E731
+    assert status(killed) == "FAILED"
+    assert status(other) == "RUNNING" and status(rerun) == "RUNNING"  # other updates untouched
