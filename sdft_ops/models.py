@@ -194,9 +194,12 @@ def load_model(
             use_safetensors=True,
         )
     except OSError as e:
+        offline = (" Offline by default (HF_HUB_OFFLINE=1): a hub id must already be in the local "
+                   "HF cache; export HF_HUB_OFFLINE=0 to download it."
+                   if os.environ.get("HF_HUB_OFFLINE") == "1" else "")
         raise OSError(
             f"Could not load model '{spec.name_or_path}' (resolved to {path}). Give a local "
-            f"folder with safetensors weights, a reachable hub id, or '{DEFAULT_MODEL}'."
+            f"folder with safetensors weights, a reachable hub id, or '{DEFAULT_MODEL}'.{offline}"
         ) from e
     model.to(spec.device)
     tokenizer = load_tokenizer(path)

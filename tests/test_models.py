@@ -68,3 +68,16 @@ def test_default_model_converts_once_and_matches_gguf_logits(home):
     # second resolve comes from the cache: nothing rewritten
     assert models.resolve_model_path(ModelSpec()) == path
     assert (models.Path(path) / "model.safetensors").stat().st_mtime_ns == weights_mtime
+
+
+def test_a_misspelt_hub_id_fails_at_once_offline_by_default():
+    import time
+
+    from transformers import AutoModelForCausalLM  # noqa: F401  (import time is not the point)
+
+    from sdft_ops.models import ModelSpec, load_model
+
+    started = time.monotonic()
+    with pytest.raises(OSError, match="Offline by default"):
+        load_model(ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruktt"))
+    assert time.monotonic() - started < 15  # correctness bound: hub retries took ~55 s
