@@ -18,6 +18,7 @@ item hash): the champion, scored when it was a candidate, is not re-scored as th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -209,6 +210,31 @@ def rollout_check(demo: Demonstration, text: str, cfg: UpdateConfig) -> bool:
     return scorer(text, reference_for(demo)) >= 1.0
 
 
+def parent_identity(parent: Parent) -> dict:
+    """The parent an update trains from: registered version, ref and a hash of its weights."""
+    from sdft_ops.models import sha256_file
+
+    weights = sorted(Path(parent.model_dir).glob("*.safetensors")) if Path(parent.model_dir).is_dir() else []
+    digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
+    return {"version": parent.version, "ref": parent.ref, "weights_sha256": digest}
+
+
+def fresh_checkpoints(folder: Path, parent: Parent) -> Path:
+    """`folder`, emptied when its checkpoints were trained from another parent than `parent`
+    (an update killed mid-training, another promoted meanwhile): resuming them would train
+    from the old champion while recording the new one as parent. The rerun starts cleanly."""
+    import shutil
+
+    identity, record = parent_identity(parent), folder / "parent.json"
+    if folder.is_dir() and (not record.is_file() or json.loads(record.read_text()) != identity):
+        log.warning("checkpoints in %s were trained from another parent; restarting from %s",
+                    folder, parent.ref)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(identity))
+    return folder
+
+
 def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: UpdateConfig,
                     home: Path, logger=None, replay: Sequence[Demonstration] = ()) -> Trained:
     """Train from the parent on the domain's demos (+ `replay`); writes updates/<id>/model."""
@@ -230,8 +256,9 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
                              "ceiling/student": ceiling["student_score"]}, 0)
     callbacks = [lambda step, m: logger.log_dict(m, step)] if logger is not None else []
     folder = update_dir(home, update_id)
+    checkpoints = fresh_checkpoints(folder / "checkpoints", parent)
     result = train(model, tokenizer, [*domain.train.records, *replay], cfg.train,
-                   output_dir=folder / "checkpoints", callbacks=callbacks,
+                   output_dir=checkpoints, callbacks=callbacks,
                    rollout_check=lambda text, demo: rollout_check(demo, text, cfg))
     meta = {"update_id": update_id, "parent": parent.ref, "dataset_hash": domain.train.content_hash,
             "method": cfg.train.method, "final": result.final, "ceiling": ceiling,

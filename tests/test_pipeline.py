@@ -120,3 +120,23 @@ def test_an_update_id_or_domain_cannot_lead_outside_the_data_home(tmp_path):
         update_dir(tmp_path, "../../escaped")
     with pytest.raises(ValueError, match="not a domain name"):
         Demonstration(id="a", prompt="q", demonstration="d", domain="../../escaped")
+
+
+def test_checkpoints_of_another_parent_are_not_resumed(tmp_path):
+    from sdft_ops.pipeline import Parent, fresh_checkpoints
+
+    old_dir, new_dir = tmp_path / "v1", tmp_path / "v2"
+    for folder, value in ((old_dir, b"old"), (new_dir, b"new")):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(value)
+    old, new = Parent("1", str(old_dir), "update:a"), Parent("2", str(new_dir), "update:b")
+    ckpt = fresh_checkpoints(tmp_path / "u" / "checkpoints", old)
+    (ckpt / "step-000002").mkdir()  # killed here, with a checkpoint trained from version 1
+    assert (fresh_checkpoints(ckpt, old) / "step-000002").is_dir()  # same parent: resume
+    resumed = fresh_checkpoints(ckpt, new)  # version 2 promoted meanwhile: start over
+    assert not (resumed / "step-000002").exists()
+    assert json.loads((resumed / "parent.json").read_text())["version"] == "2"
+    # same version number but other weights (e.g. a registry rebuilt): also not resumed
+    (ckpt / "step-000004").mkdir()
+    (new_dir / "model.safetensors").write_bytes(b"changed")
+    assert not (fresh_checkpoints(ckpt, new) / "step-000004").exists()
