@@ -8,7 +8,6 @@ warns, or refuses in strict mode.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sdft_ops.chat import encode_chat
 from sdft_ops.data import Demonstration
+from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.config import TeacherContext
 from sdft_ops.engine.context import teacher_messages
 from sdft_ops.engine.sampling import decode
@@ -49,7 +49,7 @@ def _greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, bat
             bf16: bool) -> list[str]:
     answers = []
     device = next(model.parameters()).device.type
-    amp = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    amp = bf16_autocast(device, bf16)
     for start in range(0, len(prompts), batch_size):
         with amp:
             out = decode(model, prompts[start : start + batch_size], max_new_tokens=max_new_tokens,

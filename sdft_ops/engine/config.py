@@ -64,7 +64,8 @@ class SDFTConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0)
     seed: int = 0
     autocast_bf16: bool = Field(
-        True, description="bf16 autocast for sampling and forwards (~3× faster on CPUs with bf16)"
+        True, description="bf16 autocast for sampling and forwards (~3× faster on CPUs with native bf16; "
+        "ignored, float32, on CPUs without it: engine/precision.py)"
     )
 
     # on-policy generation (student samples; the paper: one sample per prompt at T = 1.0)

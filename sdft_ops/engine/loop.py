@@ -31,7 +31,6 @@ share of the global batch and gradients are summed with all_reduce (gloo on CPU,
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -49,6 +48,7 @@ from sdft_ops.engine.checkpoint import latest_checkpoint, load_checkpoint, save_
 from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample, prepare_examples
 from sdft_ops.engine.losses import completion_mask, sequence_mean, token_divergence
+from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.rollout import RolloutCheck, sample_completions, teacher_rows
 from sdft_ops.engine.sampling import left_pad, position_ids, row_seed
 from sdft_ops.engine.teacher import Teacher
@@ -74,10 +74,7 @@ class TrainResult:
 
 
 def _autocast(model, enabled: bool):
-    device = next(model.parameters()).device.type
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return bf16_autocast(next(model.parameters()).device.type, enabled)
 
 
 def completion_logits(model, prompt_ids, prompt_mask, completion) -> torch.Tensor:

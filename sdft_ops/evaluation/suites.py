@@ -16,8 +16,8 @@ Kinds and where they live:
 - user suites from JSONL: `load_suite_file(path)`, schema in its docstring.
 
 `run_suites(model, tokenizer, suites)` runs a list with a progress bar and returns
-{suite name: SuiteResult}; `precision="bf16_autocast"` runs under bfloat16 autocast (about 2x
-faster on CPU; see benchmarks/results/eval_base.md for how little it moves the scores).
+{suite name: SuiteResult}; `precision="bf16_autocast"` runs under bfloat16 autocast where the
+hardware has native bf16 (about 2x faster; float32 on CPUs without it, engine/precision.py; see benchmarks/results/eval_base.md for how little it moves the scores).
 Usage:
 
     from sdft_ops.evaluation.builtin import default_battery
@@ -310,13 +310,14 @@ def load_suite_file(path: str | os.PathLike, name: str | None = None,
 
 
 def precision_context(model, precision: Precision):
-    """`model`: run as loaded; `bf16_autocast`: torch.autocast(bfloat16) on the model's device."""
-    import torch
+    """`model`: run as loaded; `bf16_autocast`: torch.autocast(bfloat16) on the model's device
+    where bf16 is fast there (engine.precision), else as loaded."""
+    from sdft_ops.engine.precision import bf16_autocast
 
     if precision == "model":
         return contextlib.nullcontext()
     if precision == "bf16_autocast":
-        return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+        return bf16_autocast(model.device.type)
     raise ValueError(f"unknown precision {precision!r}; use 'model' or 'bf16_autocast'")
 
 
