@@ -35,7 +35,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m assets.demo configs/demo.yaml
+	$(PY) -m assets.demo configs/demo_chain.yaml
 
 test: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pytest -q

@@ -1,14 +1,16 @@
-"""`make demo`: the three shipped domain updates through the Dagster job, in process, on the
-instance in $DAGSTER_HOME — so `make dev` shows the same runs, checks and promotions afterwards.
+"""`make demo`: the chain of `configs/demo_chain.yaml` through the Dagster job, in process, on
+the instance in $DAGSTER_HOME — so `make dev` shows the same runs, checks and promotions after.
 
 Each update: add its partition, materialize demo_dataset → sdft_checkpoint → eval_results (with
-the blocking checks), then gate it exactly as the gating sensor does. Prints the chain summary.
+the blocking checks) with that step's config, then gate it exactly as the gating sensor does.
+Prints the chain summary and writes benchmarks/results/demo.json.
 """
 
 import sys
 import time
 
 import dagster as dg
+import yaml
 
 from assets.partitions import domain_updates
 from assets.resources import SdftOpsResource
@@ -16,11 +18,14 @@ from assets.sensors import gate_partition, partition_key_for
 from assets.updates import demo_dataset, eval_results, sdft_checkpoint
 
 
-def dagster_runner(instance: dg.DagsterInstance, sdft_ops: SdftOpsResource):
-    """runner(dataset) -> UpdateOutcome, through the Dagster assets and the gate."""
+def dagster_runner(instance: dg.DagsterInstance, base: SdftOpsResource):
+    """runner(dataset, cfg) -> UpdateOutcome, through the Dagster assets and the gate; the step's
+    config reaches the assets as the resource's launchpad overrides."""
     from sdft_ops.pipeline import outcome_of
 
-    def run(dataset):
+    def run(dataset, cfg):
+        sdft_ops = SdftOpsResource(config_path=base.config_path, home=base.home, inbox=base.inbox,
+                                   overrides_yaml=yaml.safe_dump(cfg.model_dump(mode="json")))
         existing = set(instance.get_dynamic_partitions(domain_updates.name))
         key = partition_key_for(sdft_ops.submission(dataset.domains[0]), existing)
         dataset.write_jsonl(sdft_ops.submission(key))
@@ -38,20 +43,17 @@ def dagster_runner(instance: dg.DagsterInstance, sdft_ops: SdftOpsResource):
     return run
 
 
-def main(config_path: str = "configs/demo.yaml") -> int:
-    from sdft_ops.demo import run_chain, summary_lines
+def main(chain_path: str = "configs/demo_chain.yaml") -> int:
+    from sdft_ops.demo import DemoChain, finish, run_chain
 
-    sdft_ops = SdftOpsResource(config_path=config_path)
-    cfg = sdft_ops.settings()
+    chain = DemoChain.from_yaml(chain_path)
+    sdft_ops = SdftOpsResource(config_path=str(chain.folder / chain.config))
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        outcomes, matrix, plot = run_chain(dagster_runner(instance, sdft_ops), cfg,
-                                           sdft_ops.data_home())
-    for line in summary_lines(outcomes, matrix, plot, sdft_ops.registry().tracking_uri):
-        print(line)
-    print(f"pipeline time: {time.perf_counter() - started:.0f} s   (then: make dev → "
-          "http://127.0.0.1:3000 shows these runs)")
-    return 0
+        result = run_chain(dagster_runner(instance, sdft_ops), chain, sdft_ops.data_home())
+    code = finish(*result, sdft_ops.registry(), started)
+    print("then: make dev → http://127.0.0.1:3000 shows these runs")
+    return code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`sdft-ops` command line: every step of a domain update, and the registry's history.
 
-  sdft-ops demo                        the main job: three gated domain updates on SmolLM2
+  sdft-ops demo [--chain F]            the main job: the gated update chain on SmolLM2
   sdft-ops update DEMOS.jsonl          train → eval → gate → register → promote if it passes
   sdft-ops eval MODEL                  score a model folder on the configured suites
   sdft-ops gate REPORT.json            apply the gate policy to an eval report
@@ -156,8 +156,7 @@ def _cmd_submit(args) -> int:
 def _cmd_demo(args) -> int:
     from sdft_ops.demo import run_demo
 
-    return run_demo(config_path=args.config if args.config != DEFAULT_CONFIG else None,
-                    home=args.home)
+    return run_demo(args.chain, home=args.home)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("demo", _cmd_demo, "the main job: three gated domain updates on the embedded SmolLM2")
+    p = add("demo", _cmd_demo, "the main job: safety, three domain updates and a rushed one, gated")
+    p.add_argument("--chain", default=None, help="demo chain YAML (default configs/demo_chain.yaml)")
     p = add("update", _cmd_update, "train, evaluate, gate, register and maybe promote one update")
     p.add_argument("demos", help="demonstrations JSONL")
     p.add_argument("--update-id", default=None)

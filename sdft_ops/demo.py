@@ -1,33 +1,111 @@
-"""The main job: base → tooluse → knowledge → triage, each update trained, evaluated and gated,
-then a summary table and the accuracy-matrix plot.
+"""The main job: a chain of gated updates (`configs/demo_chain.yaml`), then a summary, the
+accuracy matrix and `benchmarks/results/demo.json`.
 
-`run_chain` drives any sequence of updates through a `runner(dataset) -> UpdateOutcome`: the
-library's `run_update` (`sdft-ops demo`) or the Dagster job (`python -m assets.demo`, what
-`make demo` runs), so both print the same summary from the same records.
+The shipped chain: base → `safety` (the aligned champion) → `tooluse` → `knowledge` → `triage`
+with the chosen recipe → a *rushed* update (plain SFT on a new demo file, no replay, the setting
+measured to erase refusals) that the gate must reject on its safety rule.
+
+`run_chain` drives the steps through any `runner(dataset, cfg) -> UpdateOutcome`: the library's
+`run_update` (`sdft-ops demo`) or the Dagster job (`python -m assets.demo`, what `make demo`
+runs), so both print the same summary from the same records.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
-from sdft_ops.domains import load_shipped
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sdft_ops.domains import DOMAINS, load_shipped
 from sdft_ops.evaluation.metrics import AccuracyMatrix
 from sdft_ops.home import data_home
 from sdft_ops.settings import UpdateConfig
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-CHAIN = ("tooluse", "knowledge", "triage")
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CHAIN = ROOT / "configs" / "demo_chain.yaml"
+DEMO_JSON = ROOT / "benchmarks" / "results" / "demo.json"
+PRIOR_PREFIXES = ("arc_", "hellaswag", "piqa", "winogrande", "mmlu", "ifeval")
 
 
-def load_demo_config(path: str | Path | None = None) -> UpdateConfig:
-    path = Path(path) if path else DEMO_CONFIG
-    return UpdateConfig.from_yaml(path) if path.is_file() else UpdateConfig()
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
-def accuracy_matrix(stage_refs: Sequence[tuple[str, str, str]], suites, cfg: UpdateConfig,
-                    home: Path, learned_at: dict[str, int]) -> AccuracyMatrix:
+class DemoStep(BaseModel):
+    """One update of the chain: a shipped domain or a demo file, and how it trains."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    domain: str | None = Field(None, description="a shipped domain (tooluse, knowledge, triage, safety)")
+    demos: str | None = Field(None, description="or a demonstration file, relative to the chain file")
+    train_from: str | None = Field(None, description="take `train` and `replay` from this update config")
+    overrides: dict = Field(default_factory=dict, description="merged over the step's config")
+    expect: Literal["promote", "reject"] | None = Field(
+        None, description="what the gate must decide; the demo fails (exit 1) otherwise")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DemoStep":
+        if (self.domain is None) == (self.demos is None):
+            raise ValueError("give exactly one of `domain` (a shipped domain) or `demos` (a file)")
+        if self.domain is not None and self.domain not in DOMAINS:
+            raise ValueError(f"unknown shipped domain {self.domain!r}; choose from {sorted(DOMAINS)}")
+        return self
+
+
+class DemoChain(BaseModel):
+    """`configs/demo_chain.yaml`: the base update config every step shares (eval, gate,
+    tracking: one set of suites, so the champion's scores are computed once and reused) and the
+    steps in order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: str = "demo.yaml"
+    steps: tuple[DemoStep, ...] = Field(min_length=1)
+    folder: Path = Field(ROOT / "configs", exclude=True)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path = DEMO_CHAIN) -> "DemoChain":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+            return cls.model_validate({**raw, "folder": path.resolve().parent})
+        except (OSError, yaml.YAMLError, ValidationError, TypeError) as e:
+            raise ValueError(f"invalid demo chain {path}: {' '.join(str(e).split())}") from e
+
+    def base_config(self) -> UpdateConfig:
+        return UpdateConfig.from_yaml(self.folder / self.config)
+
+    def step_config(self, step: DemoStep) -> UpdateConfig:
+        raw = self.base_config().model_dump(mode="json")
+        if step.train_from:
+            other = UpdateConfig.from_yaml(self.folder / step.train_from).model_dump(mode="json")
+            raw |= {"train": other["train"], "replay": other["replay"]}
+        return UpdateConfig.model_validate(_merge(raw, step.overrides))
+
+    def dataset(self, step: DemoStep):
+        from sdft_ops.data import load_demonstrations
+
+        return load_shipped(step.domain)[0] if step.domain else load_demonstrations(self.folder / step.demos)
+
+
+def recipe_name(cfg: UpdateConfig) -> str:
+    """`sft`, `sdft-teacher`, ... `+replay`: the names of benchmarks/recipes.py."""
+    t = cfg.train
+    name = "sft" if t.method == "sft" else f"sdft-{t.rollout}"
+    return name + ("+replay" if cfg.replay.fraction > 0 else "")
+
+
+def accuracy_matrix(stage_refs, suites, cfg: UpdateConfig, home: Path,
+                    learned_at: dict[str, int]) -> AccuracyMatrix:
     """R[i][j]: score of stage i's model (name, ref, folder) on suite j (cached results)."""
     from sdft_ops.pipeline import score_model
 
@@ -37,66 +115,102 @@ def accuracy_matrix(stage_refs: Sequence[tuple[str, str, str]], suites, cfg: Upd
                           learned_at=learned_at)
 
 
-def summary_lines(outcomes, matrix: AccuracyMatrix, plot: Path, tracking_uri: str) -> list[str]:
-    lines = ["", "=" * 78, "sdft-ops demo: three gated domain updates", "=" * 78]
-    for o in outcomes:
+def update_record(outcome, cfg: UpdateConfig) -> dict:
+    """One update as demo.json lists it."""
+    ret, results = outcome.report.retention, outcome.report.results
+    prior = [r.ratio for s, r in ret.items() if s.startswith(PRIOR_PREFIXES) and r.reference_score > 0]
+    domain = results.get(f"domain/{outcome.domain}")
+    return {"domain": outcome.domain, "update_id": outcome.update_id, "version": outcome.version,
+            "method": cfg.train.method, "recipe": recipe_name(cfg), "promoted": outcome.promoted,
+            "domain_score": domain.score if domain else None,
+            "harmbench_retention": ret["safety_refusal"].ratio if "safety_refusal" in ret else None,
+            "benign_drop": (-ret["safety_benign_compliance"].difference
+                            if "safety_benign_compliance" in ret else None),
+            "prior_retention": statistics.fmean(prior) if prior else None,
+            "reasons": list(outcome.decision.reasons), "run_id": outcome.run_id}
+
+
+def summary_lines(outcomes, records: list[dict], matrix: AccuracyMatrix, plot: Path,
+                  tracking_uri: str, lineage: list[str]) -> list[str]:
+    lines = ["", "=" * 78, f"sdft-ops demo: {len(outcomes)} gated updates", "=" * 78]
+    for o, rec in zip(outcomes, records):
         r = o.report
-        new = r.results.get(f"domain/{o.domain}")
-        ref = r.reference_results.get(f"domain/{o.domain}")
-        lines.append(f"\n[{o.update_id}] version {o.version}: "
+        lines.append(f"\n[{o.update_id}] {rec['recipe']} → version {o.version}: "
                      f"{'PROMOTED' if o.promoted else 'REJECTED'}  (MLflow run {o.run_id})")
-        if new is not None:
-            lines.append(f"  new domain {o.domain}: {ref.score if ref else float('nan'):.3f} → "
-                         f"{new.score:.3f}")
+        if (new := r.results.get(f"domain/{o.domain}")) is not None:
+            lo, hi = r.score_ci[f"domain/{o.domain}"]
+            ref = r.reference_results.get(f"domain/{o.domain}")
+            lines.append(f"  learned  {o.domain}: {ref.score if ref else float('nan'):.3f} → "
+                         f"{new.score:.3f} [{lo:.3f}, {hi:.3f}]")
         for suite, ret in sorted(r.retention.items()):
-            if not suite.startswith("domain/"):
-                lines.append(f"  {suite:<26} {ret.reference_score:7.3f} → {ret.candidate_score:7.3f}"
+            if not suite.startswith(f"domain/{o.domain}"):
+                lines.append(f"  kept     {suite:<26} {ret.reference_score:7.3f} → {ret.candidate_score:7.3f}"
                              f"   retention {ret.ratio:6.3f}  Δ {ret.difference:+.3f} "
                              f"[{ret.difference_ci[0]:+.3f}, {ret.difference_ci[1]:+.3f}]")
-        if not o.promoted:
-            lines += [f"  gate: {reason}" for reason in o.decision.reasons]
+        lines += [f"  gate: {reason}" for reason in o.decision.reasons] or ["  gate: every rule passed"]
     domains = matrix.select([t for t in matrix.tasks if t.startswith("domain/")])
     lines += ["", f"new domains, serving model after each update: average accuracy "
               f"{domains.average_accuracy():.3f}   BWT {domains.bwt():+.3f}   "
               f"forgetting {domains.forgetting().mean:.3f}",
               f"accuracy-matrix plot: {plot}",
+              f"champion lineage: {' ← '.join(f'v{v}' for v in lineage) or 'none (base model)'}",
               f"MLflow: {tracking_uri}  (browse: mlflow ui --backend-store-uri {tracking_uri})"]
     return lines
 
 
-def run_chain(runner: Callable, cfg: UpdateConfig, home: Path | None = None,
-              chain: Sequence[str] = CHAIN) -> tuple[list, AccuracyMatrix, Path]:
+def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
+    """Every step through `runner(dataset, cfg)`; then the accuracy matrix over the chain's
+    domains and the prior suites, each stage being the serving model after that update.
+    Returns (outcomes, demo.json records, matrix, plot path)."""
     from sdft_ops.evaluation.report import plot_accuracy_matrix
     from sdft_ops.models import resolve_model_path
-    from sdft_ops.pipeline import shipped_domain_suite, suites_for, update_dir
+    from sdft_ops.pipeline import recorded_domain_suites, suites_for, update_dir
 
-    home = data_home(home)
-    outcomes = [runner(load_shipped(name)[0]) for name in chain]
-    # Columns: every domain of the chain (scored by every stage, earlier and later) + prior suites.
-    suites = [shipped_domain_suite(n, cfg) for n in chain]
+    home, cfg = data_home(home), chain.base_config()
+    outcomes, records = [], []
+    for step in chain.steps:
+        step_cfg = chain.step_config(step)
+        outcomes.append(runner(chain.dataset(step), step_cfg))
+        records.append(update_record(outcomes[-1], step_cfg) | {"expected": step.expect})
+    names = [o.domain for o in outcomes]
+    recorded = {s.name: s for s in recorded_domain_suites(home, cfg)}
+    suites = [recorded[f"domain/{n}"] for n in names]
     suites += [s for s in suites_for(cfg, home) if not s.name.startswith("domain/")]
     stages = [("base", f"base:{cfg.model.name_or_path}", resolve_model_path(cfg.model))]
-    for o in outcomes:  # the serving model after each update: the candidate if promoted
+    for o in outcomes:
         stages.append((o.domain, f"update:{o.update_id}", str(update_dir(home, o.update_id) / "model"))
                       if o.promoted else (o.domain, *stages[-1][1:]))
-    learned = {f"domain/{n}": i + 1 for i, n in enumerate(chain)}
-    matrix = accuracy_matrix(stages, suites, cfg, home, learned)
-    plot = plot_accuracy_matrix(matrix, home / "accuracy_matrix.png")
-    return outcomes, matrix, plot
+    matrix = accuracy_matrix(stages, suites, cfg, home, {f"domain/{n}": i + 1 for i, n in enumerate(names)})
+    return outcomes, records, matrix, plot_accuracy_matrix(matrix, home / "accuracy_matrix.png")
 
 
-def run_demo(config_path: str | Path | None = None, home: str | Path | None = None) -> int:
-    """`sdft-ops demo`: the chain through the library's `run_update`."""
-    from sdft_ops.pipeline import run_update
-    from sdft_ops.registry import PolicyRegistry
-
-    cfg, home = load_demo_config(config_path), data_home(home)
-    registry = PolicyRegistry(cfg.tracking.tracking_uri, name=cfg.tracking.model_name, home=home,
-                              experiment=cfg.tracking.experiment)
-    started = time.perf_counter()
-    outcomes, matrix, plot = run_chain(
-        lambda ds: run_update(ds, cfg, home=home, registry=registry), cfg, home)
-    for line in summary_lines(outcomes, matrix, plot, registry.tracking_uri):
+def finish(outcomes, records, matrix, plot, registry, started: float,
+           demo_json: Path | None = DEMO_JSON) -> int:
+    """Print the summary, write demo.json; 1 if a step's `expect` was not met."""
+    champion = registry.champion_version()
+    for line in summary_lines(outcomes, records, matrix, plot, registry.tracking_uri,
+                              registry.lineage(champion) if champion else []):
         print(line)
-    print(f"pipeline time: {time.perf_counter() - started:.0f} s")
-    return 0
+    wall = time.perf_counter() - started
+    unmet = [r for r in records if r["expected"] and r["expected"] != ("promote" if r["promoted"] else "reject")]
+    if demo_json is not None:
+        demo_json.parent.mkdir(parents=True, exist_ok=True)
+        demo_json.write_text(json.dumps({"wall_seconds": round(wall, 1), "updates": records,
+                                         "champion": champion}, indent=1) + "\n")
+    print(f"pipeline time: {wall:.0f} s   summary: {demo_json}")
+    for r in unmet:
+        print(f"UNEXPECTED: update {r['update_id']} ({r['recipe']}) should have been "
+              f"{'promoted' if r['expected'] == 'promote' else 'rejected'}")
+    return 1 if unmet else 0
+
+
+def run_demo(chain_path: str | Path | None = None, home: str | Path | None = None,
+             demo_json: Path | None = DEMO_JSON) -> int:
+    """`sdft-ops demo`: the chain through the library's `run_update`."""
+    from sdft_ops.pipeline import make_registry, run_update
+
+    chain, home = DemoChain.from_yaml(chain_path or DEMO_CHAIN), data_home(home)
+    registry = make_registry(chain.base_config(), home)
+    started = time.perf_counter()
+    result = run_chain(lambda ds, cfg: run_update(ds, cfg, home=home, registry=registry), chain, home)
+    return finish(*result, registry, started, demo_json)

@@ -72,6 +72,27 @@ def test_good_update_promoted_damaging_update_blocked(tmp_path):
             assert isinstance(gating_sensor(ctx), dg.SkipReason)  # nothing new to gate
 
 
+def test_demo_chain_runs_through_the_dagster_job_with_each_steps_config(tmp_path):
+    """`make demo`'s runner: each step's own config reaches the assets (here the second step
+    is the damaging one), the gate rejects it and the champion stays."""
+    from assets.demo import dagster_runner
+    from sdft_ops.demo import DemoChain, run_chain
+
+    cfg = tiny_config(tiny_base(tmp_path / "base"))
+    base = _resource(tmp_path, cfg, "base")
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump({"config": "base.yaml", "steps": [
+        {"domain": "tooluse"}, {"domain": "knowledge", "overrides": {"train": DAMAGING}}]}))
+    chain = DemoChain.from_yaml(tmp_path / "chain.yaml")
+    with dg.instance_for_test() as instance:
+        outcomes, records, _, _ = run_chain(dagster_runner(instance, base), chain, base.data_home())
+        assert [(r["domain"], r["method"], r["promoted"]) for r in records] == [
+            ("tooluse", "sdft", True), ("knowledge", "sft", False)]
+        assert any("prior_retention" in reason for reason in outcomes[1].decision.reasons)
+        runs = instance.get_runs()  # newest first; the blocking check fails the second run
+        assert [r.is_success for r in reversed(runs)] == [True, False]
+    assert make_registry(base.settings(), base.data_home()).champion_version() == "1"
+
+
 def test_inbox_sensor_admits_valid_files_and_reports_bad_ones(tmp_path):
     sdft_ops = SdftOpsResource(home=str(tmp_path / "home"), inbox=str(tmp_path / "inbox"))
     inbox = Path(sdft_ops.inbox)

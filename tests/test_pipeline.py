@@ -54,22 +54,75 @@ def test_earlier_domains_are_scored_at_later_updates(chain):
             == first.report.results["domain/tooluse"].scores)
 
 
-def test_demo_chain_prints_a_summary_and_the_accuracy_matrix(tmp_path):
-    from sdft_ops.demo import run_chain, summary_lines
+def test_demo_chain_summary_matrix_and_demo_json(tmp_path):
+    """A chain file like configs/demo_chain.yaml: two shipped domains, then a damaging update
+    from a user demo file that the gate must reject; summary, matrix, lineage and demo.json."""
+    import yaml
+
+    from sdft_ops.demo import DemoChain, finish, run_chain
 
     cfg = tiny_config(tiny_base(tmp_path / "base"))
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    demos = tmp_path / "notices.jsonl"
+    demos.write_text("".join(json.dumps({"id": f"n{i}", "domain": "notices", "prompt": f"Order {i}?",
+                                         "demonstration": f"NOTICE {i}"}) + "\n" for i in range(10)))
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump({"config": "base.yaml", "steps": [
+        {"domain": "tooluse"}, {"domain": "triage", "overrides": {"replay": {"fraction": 0.5}}},
+        {"demos": "notices.jsonl", "overrides": {"train": DAMAGING}, "expect": "reject"}]}))
+    chain = DemoChain.from_yaml(tmp_path / "chain.yaml")
+    assert chain.step_config(chain.steps[1]).replay.fraction == 0.5
     home = tmp_path / "home"
     registry = PolicyRegistry(None, home=home)
-    outcomes, matrix, plot = run_chain(
-        lambda ds: run_update(ds, cfg, home=home, registry=registry), cfg, home,
-        chain=("tooluse", "triage"))
-    assert [o.domain for o in outcomes] == ["tooluse", "triage"]
-    assert matrix.stages == ["base", "tooluse", "triage"]
-    assert matrix.tasks[:2] == ["domain/tooluse", "domain/triage"] and "drift" in matrix.tasks
+    outcomes, records, matrix, plot = run_chain(
+        lambda ds, c: run_update(ds, c, home=home, registry=registry), chain, home)
+    assert [o.domain for o in outcomes] == ["tooluse", "triage", "notices"]
+    assert [o.promoted for o in outcomes] == [True, True, False]
+    assert matrix.stages == ["base", "tooluse", "triage", "notices"]
+    assert matrix.tasks[:3] == ["domain/tooluse", "domain/triage", "domain/notices"]
+    assert matrix.values[3] == matrix.values[2]  # the rejected update did not change the model
     assert plot.is_file() and plot.stat().st_size > 0
-    text = "\n".join(summary_lines(outcomes, matrix, plot, registry.tracking_uri))
-    assert "version 1: PROMOTED" in text and "new domain tooluse" in text
+    assert [r["recipe"] for r in records] == ["sdft-student", "sdft-student+replay", "sft"]
+    out = tmp_path / "demo.json"
+    code = finish(outcomes, records, matrix, plot, registry, started=0.0, demo_json=out)
+    assert code == 0  # the damaging update was rejected, as the chain expects
+    demo = json.loads(out.read_text())
+    assert demo["champion"] == "2" and demo["wall_seconds"] > 0
+    assert [u["promoted"] for u in demo["updates"]] == [True, True, False]
+    assert any("drift" in reason for reason in demo["updates"][2]["reasons"])
+    assert set(demo["updates"][0]) >= {"domain", "method", "recipe", "promoted", "domain_score",
+                                       "harmbench_retention", "benign_drop", "prior_retention",
+                                       "reasons"}
+    text = "\n".join(summary_lines_of(outcomes, records, matrix, plot, registry))
+    assert "version 1: PROMOTED" in text and "learned  tooluse" in text
+    assert "version 3: REJECTED" in text and "champion lineage: v2 ← v1" in text
     assert "accuracy-matrix plot" in text and "BWT" in text
+    # a rushed update that got through would fail the demo
+    records[2] = records[2] | {"promoted": True}
+    assert finish(outcomes, records, matrix, plot, registry, started=0.0, demo_json=None) == 1
+
+
+def summary_lines_of(outcomes, records, matrix, plot, registry):
+    from sdft_ops.demo import summary_lines
+
+    return summary_lines(outcomes, records, matrix, plot, registry.tracking_uri,
+                         registry.lineage(registry.champion_version()))
+
+
+def test_demo_chain_file_errors_are_one_line(tmp_path):
+    from sdft_ops.demo import DEMO_CHAIN, DemoChain
+
+    chain = DemoChain.from_yaml(DEMO_CHAIN)  # the shipped chain: every step's config is valid
+    configs = [chain.step_config(s) for s in chain.steps]
+    assert [c.train.method for c in configs][0] == "sft" and chain.steps[-1].expect == "reject"
+    assert configs[-1].replay.fraction == 0.0 and len(chain.dataset(chain.steps[-1])) == 60
+    bad = tmp_path / "chain.yaml"
+    bad.write_text("steps:\n  - {domain: tooluse, demos: x.jsonl}\n")
+    with pytest.raises(ValueError, match="exactly one of") as err:
+        DemoChain.from_yaml(bad)
+    assert "\n" not in str(err.value)
+    bad.write_text("steps:\n  - {domain: nosuch}\n")
+    with pytest.raises(ValueError, match="unknown shipped domain 'nosuch'"):
+        DemoChain.from_yaml(bad)
 
 
 def test_replay_draws_recorded_reproducible_demonstrations_from_the_champions_lineage(chain, home):
