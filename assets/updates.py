@@ -14,9 +14,20 @@ from assets.partitions import domain_updates
 from assets.resources import SdftOpsResource
 
 BLOCKING_CHECKS = ("prior_retention", "safety_retention")
-WARNING_CHECKS = ("domain_learning",)
+WARNING_CHECKS = ("domain_learning", "warn_only_rules")
 CHECK_CLASSES = {"prior_retention": ("prior", "*"), "safety_retention": ("safety",),
-                 "domain_learning": ("domain",)}
+                 "domain_learning": ("domain",), "warn_only_rules": ("prior", "safety", "domain", "*")}
+
+
+def _checks_of(name: str, decision) -> list:
+    """The gate's checks behind one Dagster check: blocking ones by suite class, or (for
+    `warn_only_rules`) the checks of the policy's warn_only rules."""
+    from sdft_ops.gate import GLOBAL, suite_class
+
+    classes = CHECK_CLASSES[name]
+    return [c for c in decision.checks
+            if (GLOBAL if c.suite == GLOBAL else suite_class(c.suite)) in classes
+            and c.blocking == (name != "warn_only_rules")]
 
 
 def mlflow_run_url(sdft_ops: SdftOpsResource, run_id: str) -> str:
@@ -73,7 +84,6 @@ def sdft_checkpoint(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource
 def eval_results(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource):
     """Every configured suite on candidate and champion; retention per suite; the gate's checks."""
     from sdft_ops.evaluation.report import plot_retention
-    from sdft_ops.gate import suite_class
     from sdft_ops.pipeline import eval_step, gate_decision, load_state, update_dir
 
     key, cfg, home, registry = (context.partition_key, sdft_ops.settings(), sdft_ops.data_home(),
@@ -87,12 +97,11 @@ def eval_results(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource):
         "gate_preview": dg.MetadataValue.md(decision.to_markdown()),
         "mlflow_run": dg.MetadataValue.url(mlflow_run_url(sdft_ops, run_id)),
         **({"retention_plot": dg.MetadataValue.path(str(plot))} if plot else {})})
-    for name, classes in CHECK_CLASSES.items():
-        checks = [c for c in decision.checks if c.suite == "*" and "*" in classes
-                  or c.suite != "*" and suite_class(c.suite) in classes]
+    for name in CHECK_CLASSES:
+        checks = _checks_of(name, decision)
         failed = [c for c in checks if not c.passed]
         yield dg.AssetCheckResult(
-            check_name=name, passed=not failed and bool(checks),
+            check_name=name, passed=not failed and (bool(checks) or name == "warn_only_rules"),
             severity=dg.AssetCheckSeverity.WARN if name in WARNING_CHECKS else dg.AssetCheckSeverity.ERROR,
             metadata={"checks": len(checks), "failed": len(failed),
                       "details": dg.MetadataValue.md("\n".join(

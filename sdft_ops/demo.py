@@ -127,7 +127,8 @@ def update_record(outcome, cfg: UpdateConfig) -> dict:
             "benign_drop": (-ret["safety_benign_compliance"].difference
                             if "safety_benign_compliance" in ret else None),
             "prior_retention": statistics.fmean(prior) if prior else None,
-            "reasons": list(outcome.decision.reasons), "run_id": outcome.run_id}
+            "reasons": list(outcome.decision.reasons), "warnings": list(outcome.decision.warnings),
+            "run_id": outcome.run_id}
 
 
 def summary_lines(outcomes, records: list[dict], matrix: AccuracyMatrix, plot: Path,
@@ -148,6 +149,7 @@ def summary_lines(outcomes, records: list[dict], matrix: AccuracyMatrix, plot: P
                              f"   retention {ret.ratio:6.3f}  Δ {ret.difference:+.3f} "
                              f"[{ret.difference_ci[0]:+.3f}, {ret.difference_ci[1]:+.3f}]")
         lines += [f"  gate: {reason}" for reason in o.decision.reasons] or ["  gate: every rule passed"]
+        lines += [f"  warning: {w}" for w in o.decision.warnings]
     domains = matrix.select([t for t in matrix.tasks if t.startswith("domain/")])
     lines += ["", f"new domains, serving model after each update: average accuracy "
               f"{domains.average_accuracy():.3f}   BWT {domains.bwt():+.3f}   "

@@ -93,6 +93,7 @@ GLOBAL = "*"  # RuleCheck.suite of checks about the whole report
 _TOLERANCE = 1e-9  # float slack so that e.g. a ratio of exactly 0.99 passes a 0.99 bound
 _RELATIVE_KNOBS = ("max_relative_drop", "min_retention_ci_low")
 _REFERENCE_KNOBS = ("max_drop", "max_relative_drop", "min_retention_ci_low", "min_gain")
+_THRESHOLD_KNOBS = ("min_score", *_REFERENCE_KNOBS)
 CI_LEVEL = 0.95  # the gate's CIs, whatever level the report was built with
 MIN_BOOT = 1000  # the gate resamples at least this often, whatever n_boot the report records
 
@@ -121,10 +122,11 @@ class SuiteRule(BaseModel):
                                                description="lower 95% CI end of the ratio must be >= this")
     min_gain: float | None = Field(None, allow_inf_nan=False,
                                    description="candidate - reference must be >= this")
+    warn_only: bool = Field(False, description="record this rule's checks as warnings; never reject on them")
 
     @model_validator(mode="after")
     def _some_knob(self) -> "SuiteRule":
-        if all(getattr(self, k) is None for k in type(self).model_fields):
+        if not self.knobs():
             raise ValueError("a suite rule needs at least one of min_score, max_drop, max_relative_drop, "
                              "min_retention_ci_low, min_gain; to only watch a suite give a loose "
                              "bound such as max_drop: 1.0")
@@ -132,7 +134,8 @@ class SuiteRule(BaseModel):
 
     def knobs(self) -> dict[str, float]:
         """The knobs that are set, in declaration order."""
-        return {k: v for k in type(self).model_fields if (v := getattr(self, k)) is not None}
+        return {k: v for k in type(self).model_fields
+                if k != "warn_only" and (v := getattr(self, k)) is not None}
 
 
 class GatePolicy(BaseModel):
@@ -213,6 +216,7 @@ class RuleCheck(BaseModel):
     threshold: float | None = None
     passed: bool
     note: str = ""
+    blocking: bool = True  # False: a warn_only rule's check, reported but never a reject
 
     def reason(self) -> str:
         """Human text for the decision's reasons."""
@@ -231,6 +235,7 @@ class GateDecision(BaseModel):
     promote: bool
     checks: list[RuleCheck]
     reasons: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="failed warn_only checks")
     model_ref: str | None = None
     reference_ref: str | None = None
     parent_version: str | None = None
@@ -239,8 +244,8 @@ class GateDecision(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "GateDecision":
-        if self.promote and (not self.checks or not all(c.passed for c in self.checks)):
-            raise ValueError("promote=True needs at least one check and every check passed; "
+        if self.promote and (not self.checks or not all(c.passed for c in self.checks if c.blocking)):
+            raise ValueError("promote=True needs at least one check and every blocking check passed; "
                              "build decisions with decide()")
         if self.promote == bool(self.reasons):
             raise ValueError("reasons must list the failed checks of a reject and be empty on promote")
@@ -248,9 +253,10 @@ class GateDecision(BaseModel):
 
     @classmethod
     def from_checks(cls, checks: list[RuleCheck], **context) -> "GateDecision":
-        failed = [c for c in checks if not c.passed]
+        failed = [c for c in checks if not c.passed and c.blocking]
         return cls(promote=bool(checks) and not failed, checks=checks,
                    reasons=[c.reason() for c in failed] or ([] if checks else ["no checks were made"]),
+                   warnings=[c.reason() for c in checks if not c.passed and not c.blocking],
                    decided_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **context)
 
     @property
@@ -266,10 +272,13 @@ class GateDecision(BaseModel):
                  f"decided {self.decided_at}", ""]
         if self.reasons:
             lines += ["Failed:", *[f"- {r}" for r in self.reasons], ""]
+        if self.warnings:
+            lines += ["Warnings (warn_only rules, not blocking):", *[f"- {w}" for w in self.warnings], ""]
         lines += ["| suite | rule | measured | threshold (≥) | result | note |", "|---|---|---:|---:|---|---|"]
         for c in self.checks:
+            result = "pass" if c.passed else "**FAIL**" if c.blocking else "warn"
             lines.append("| " + " | ".join([_md(c.suite), c.rule, _fmt(c.measured), _fmt(c.threshold),
-                                            "pass" if c.passed else "**FAIL**", _md(c.note)]) + " |")
+                                            result, _md(c.note)]) + " |")
         return "\n".join(lines) + "\n"
 
 
@@ -379,7 +388,8 @@ def _suite_checks(suite: str, report: EvalReport, policy: GatePolicy,
                   new_domain: str | None) -> list[RuleCheck]:
     cand = report.results[suite]
     ref = report.reference_results.get(suite)
-    knobs = policy.rule_for(suite, new_domain).knobs()
+    rule = policy.rule_for(suite, new_domain)
+    knobs = rule.knobs()
     needs_ref = [k for k in _REFERENCE_KNOBS if k in knobs]
     compared = ref if needs_ref else None  # the reference is only read by the knobs that use it
     if bad := _not_finite(suite, cand, compared):
@@ -402,9 +412,16 @@ def _suite_checks(suite: str, report: EvalReport, policy: GatePolicy,
                                 note=f"{', '.join(needs_ref)} compare with the reference, but the report has no "
                                      f"reference result for {suite}; evaluate the champion on it too "
                                      "(build_report(..., reference_results=...))"))
-        return checks
-    if ret is None:
-        return checks
+    elif ret is not None:
+        checks += _reference_checks(suite, knobs, ret)
+    if rule.warn_only:  # its thresholds warn; integrity checks (finite, provenance, ...) still reject
+        checks = [c.model_copy(update={"blocking": False}) if c.rule in _THRESHOLD_KNOBS else c
+                  for c in checks]
+    return checks
+
+
+def _reference_checks(suite: str, knobs: dict[str, float], ret: Retention) -> list[RuleCheck]:
+    checks: list[RuleCheck] = []
     if "max_drop" in knobs:
         checks.append(_threshold_check(suite, "max_drop", ret.difference, -knobs["max_drop"],
                                        f"Δ = candidate − reference = {_fmt(ret.difference)}"))

@@ -162,6 +162,26 @@ def test_drift_bounds_the_mean_log_prob_in_nats(shift, promote):
     assert [c.rule for c in decision.checks if c.suite == "drift"] == ["max_drop"]
 
 
+def test_a_warn_only_rule_reports_its_failure_without_rejecting_and_integrity_still_rejects():
+    ref_scores = [-2.0 + 0.01 * i for i in range(50)]
+    ref = result("drift", ref_scores, kind="drift", metric="mean_logprob")
+    worse = result("drift", [s - 0.3 for s in ref_scores], kind="drift", metric="mean_logprob")
+    policy = GatePolicy(required_suites=[], rules={"drift": SuiteRule(max_drop=0.05, warn_only=True)})
+    decision = judge(report_of([(worse, ref)]), policy)
+    assert decision.promote and decision.reasons == []
+    (warning,) = decision.warnings
+    assert warning.startswith("drift: max_drop failed (measured -0.3")
+    check = next(c for c in decision.checks if c.suite == "drift")
+    assert not check.passed and not check.blocking
+    assert "Warnings (warn_only rules, not blocking)" in decision.to_markdown()
+    assert GateDecision.model_validate_json(decision.model_dump_json()) == decision
+    # a broken report is still a reject, warn_only or not
+    data = json.loads(report_of([(worse, ref)]).model_dump_json())
+    data["results"]["drift"]["scores"][0] = "NaN"
+    rejected = judge(EvalReport.model_validate(data), policy)
+    assert not rejected.promote and failed(rejected) == [("drift", "finite")]
+
+
 def test_ratio_rules_are_refused_on_drift_and_fail_closed_on_negative_scores():
     with pytest.raises(ValidationError, match="drift.*max_drop"):
         GatePolicy(rules={"drift": SuiteRule(max_relative_drop=0.1)})
