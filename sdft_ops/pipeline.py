@@ -129,15 +129,27 @@ def prepare_domain(dataset: DemoDataset, cfg: UpdateConfig, home: Path) -> Domai
                                                   "reference": i.reference, "scorer": cfg.scorer})
                                       + "\n" for i in suite.items))
         record = {"name": name, "shipped": False, "file": str(suite_file)}
-    (registry / f"{name}.json").write_text(json.dumps(record))
+    # `taught`: set when an update of this domain is promoted; only taught domains are scored
+    # by later updates (a rejected or failed update's domain is no earlier skill to keep)
+    path = registry / f"{name}.json"
+    record["taught"] = path.is_file() and json.loads(path.read_text()).get("taught", True)
+    path.write_text(json.dumps(record))
     return DomainData(name, train, suite)
 
 
-def recorded_domain_suites(home: Path, cfg: UpdateConfig) -> list[GenerationSuite]:
-    """Held-out suites of every domain seen so far in this data home, in name order."""
+def mark_domain_taught(home: Path, name: str) -> None:
+    path = Path(home) / "domains" / f"{name}.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"taught": True}))
+
+
+def recorded_domain_suites(home: Path, cfg: UpdateConfig, taught_only: bool = False) -> list[GenerationSuite]:
+    """Held-out suites of every domain staged so far in this data home (`taught_only`: of those
+    a promoted update taught), in name order."""
     suites = []
     for path in sorted((Path(home) / "domains").glob("*.json")):
         record = json.loads(path.read_text())
+        if taught_only and not record.get("taught", True):
+            continue
         if record["shipped"]:
             suites.append(shipped_domain_suite(record["name"], cfg))
         else:
@@ -167,7 +179,7 @@ def suites_for(cfg: UpdateConfig, home: Path, current: DomainData | None = None)
         suites.append(DriftSuite("drift", load_drift_file(cfg.eval.drift_file)))
     elif cfg.eval.drift:
         suites.append(default_drift_suite())
-    domain_suites = {s.name: s for s in recorded_domain_suites(home, cfg)}
+    domain_suites = {s.name: s for s in recorded_domain_suites(home, cfg, taught_only=True)}
     if current is not None:
         domain_suites[current.suite.name] = current.suite
     return suites + [domain_suites[k] for k in sorted(domain_suites)]
@@ -455,6 +467,7 @@ def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,
     if decision.promote:
         registry.promote(version, f"{update_id}: {why}", decision=decision,
                          expected_champion=state["parent"]["version"])
+        mark_domain_taught(home, state["domain"])
     else:
         registry.reject(version, f"{update_id}: {why}", decision=decision)
     report = EvalReport.load(update_dir(home, update_id) / "eval_report.json")

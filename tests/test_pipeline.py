@@ -45,6 +45,36 @@ def test_good_update_promoted_damaging_update_rejected(chain, home):
     assert decision["promote"] is False
 
 
+def test_a_no_op_candidate_passes_every_rule_of_the_shipped_gate(chain, home):
+    """The champion itself, re-scored under another name, against the champion: every rule of
+    configs/gate.yaml must pass (the thresholds sit above the noise, not inside it)."""
+    from pathlib import Path
+
+    from sdft_ops.gate import GatePolicy, decide
+    from sdft_ops.pipeline import evaluate_candidate, resolve_parent, suites_for
+
+    registry, first, _ = chain
+    cfg = tiny_config(tiny_base(home / "noop-base"))
+    parent = resolve_parent(registry, cfg)
+    assert parent.version == registry.champion_version() == "1"
+    report = evaluate_candidate(Path(parent.model_dir), "noop:champion-again", parent,
+                                suites_for(cfg, home), cfg, home)
+    assert {"safety_refusal", "safety_benign_compliance", "drift", "domain/tooluse"} <= set(report.results)
+    policy = GatePolicy.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "gate.yaml")
+    decision = decide(report, policy, parent_version="1", champion_version="1", new_domain="tooluse")
+    assert decision.promote, decision.reasons
+    assert decision.warnings == [] and all(c.passed for c in decision.checks)
+
+
+def test_a_rejected_updates_domain_is_not_scored_by_later_updates(chain, home):
+    from sdft_ops.pipeline import recorded_domain_suites, suites_for
+
+    cfg = tiny_config(tiny_base(home / "later-base"))
+    names = [s.name for s in suites_for(cfg, home) if s.name.startswith("domain/")]
+    assert names == ["domain/tooluse"]  # knowledge (u2) was rejected: nothing taught to keep
+    assert [s.name for s in recorded_domain_suites(home, cfg)] == ["domain/knowledge", "domain/tooluse"]
+
+
 def test_earlier_domains_are_scored_at_later_updates(chain):
     _, first, second = chain
     assert "domain/tooluse" in first.report.results
