@@ -106,9 +106,19 @@ def _cmd_eval(args) -> int:
 def _cmd_gate(args) -> int:
     from sdft_ops.gate import GatePolicy, decide_from_file
 
-    policy = GatePolicy.from_yaml(args.policy) if args.policy else _config(args).gate
-    decision = decide_from_file(args.report, policy, parent_version=args.parent,
-                                champion_version=args.champion, new_domain=args.domain)
+    cfg = _config(args)
+    policy = GatePolicy.from_yaml(args.policy) if args.policy else cfg.gate
+    # defaults: the update's own record beside the report, and the registry's champion
+    state_file = Path(args.report).parent / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    parent = args.parent if args.parent is not None else (state.get("parent") or {}).get("version")
+    domain = args.domain or state.get("domain")
+    champion = args.champion if args.champion is not None else _registry(args, cfg).champion_version()
+    print(f"gate: parent {parent or 'none (base model)'}, champion {champion or 'none yet'}"
+          f"{'' if args.champion is not None else ' (from the registry)'}, domain {domain}",
+          file=sys.stderr)
+    decision = decide_from_file(args.report, policy, parent_version=parent,
+                                champion_version=champion, new_domain=domain)
     print(decision.to_markdown())
     return 0 if decision.promote else EXIT_REJECTED
 
@@ -185,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("gate", _cmd_gate, "apply the gate policy to an eval report JSON")
     p.add_argument("report")
     p.add_argument("--policy", help="gate policy YAML (default: the config's gate)")
-    p.add_argument("--parent", default=None, help="the candidate's parent version")
-    p.add_argument("--champion", default=None, help="the current champion version")
+    p.add_argument("--parent", default=None, help="the candidate's parent version (default: "
+                   "from the update's state.json beside the report)")
+    p.add_argument("--champion", default=None, help="the current champion version (default: "
+                   "the registry's)")
     p.add_argument("--domain", default=None, help="the domain this update teaches (judged by "
                    "domain_rule; other domain/* suites by earlier_domain_rule)")
     p = add("promote", _cmd_promote, "manually promote a registered version to champion")

@@ -194,9 +194,19 @@ def test_gate_on_rejected_report_exit_3(chain, capsys):
     assert "Failed:" in out and "- drift: max_drop failed" in out
 
     code, out, _ = run_cli(capsys, "gate", chain.home / "updates" / "u1" / "eval_report.json",
-                           "--home", chain.home, "--config", chain.config)
+                           "--parent", "1", "--champion", "1", "--home", chain.home, "--config", chain.config)
     assert code == 0, out
     assert "Gate verdict: ✅ PROMOTE" in out
+
+
+def test_gate_reads_the_champion_from_the_registry_and_the_parent_from_the_update(chain, capsys):
+    """Without --champion the registry's champion counts (it once said "no champion yet" while
+    version 1 was champion): u1 was trained from the base model, so re-gating it now is stale."""
+    code, out, err = run_cli(capsys, "gate", chain.home / "updates" / "u1" / "eval_report.json",
+                             "--home", chain.home, "--config", chain.config)
+    assert code == 3, out
+    assert "champion 1 (from the registry)" in err and "parent none (base model)" in err
+    assert "parent_is_champion failed" in out and "champion is version 1" in out
 
 
 def test_gate_on_corrupt_report_fails_closed(chain, capsys, tmp_path):
