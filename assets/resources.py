@@ -7,14 +7,6 @@ import dagster as dg
 import yaml
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = (_deep_merge(merged[key], value)
-                       if isinstance(value, dict) and isinstance(merged.get(key), dict) else value)
-    return merged
-
-
 class SdftOpsResource(dg.ConfigurableResource):
     """Data home, update config (YAML in the repo) and launchpad overrides.
 
@@ -37,7 +29,7 @@ class SdftOpsResource(dg.ConfigurableResource):
         overrides = yaml.safe_load(self.overrides_yaml) or {}
         if not isinstance(overrides, dict):
             raise ValueError("overrides_yaml must be a YAML mapping, e.g. 'train: {max_steps: 10}'")
-        return UpdateConfig.model_validate(_deep_merge(cfg.model_dump(mode="json"), overrides))
+        return cfg.merged(overrides)
 
     def data_home(self) -> Path:
         from sdft_ops.home import data_home

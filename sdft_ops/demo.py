@@ -33,13 +33,6 @@ DEMO_JSON = ROOT / "benchmarks" / "results" / "demo.json"
 PRIOR_PREFIXES = ("arc_", "hellaswag", "piqa", "winogrande", "mmlu", "ifeval")
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 class DemoStep(BaseModel):
     """One update of the chain: a shipped domain or a demo file, and how it trains."""
 
@@ -85,11 +78,11 @@ class DemoChain(BaseModel):
         return UpdateConfig.from_yaml(self.folder / self.config)
 
     def step_config(self, step: DemoStep) -> UpdateConfig:
-        raw = self.base_config().model_dump(mode="json")
+        cfg = self.base_config()
         if step.train_from:
-            other = UpdateConfig.from_yaml(self.folder / step.train_from).model_dump(mode="json")
-            raw |= {"train": other["train"], "replay": other["replay"]}
-        return UpdateConfig.model_validate(_merge(raw, step.overrides))
+            other = UpdateConfig.from_yaml(self.folder / step.train_from)
+            cfg = cfg.model_copy(update={"train": other.train, "replay": other.replay})
+        return cfg.merged(step.overrides)
 
     def dataset(self, step: DemoStep):
         from sdft_ops.data import load_demonstrations

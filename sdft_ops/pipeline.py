@@ -460,7 +460,7 @@ def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,
         extra = [RuleCheck(suite="*", rule="required", measured=0.0, threshold=1.0, passed=False,
                            note=reason) for reason in blocked]
         decision = GateDecision.from_checks([*decision.checks, *extra],
-                                            **decision.model_dump(exclude={"promote", "checks", "reasons", "decided_at"}))
+                                            **decision.model_dump(exclude={"promote", "checks", "reasons", "warnings", "decided_at"}))
     version = state["version"]
     registry.set_gate_verdict(version, decision)
     why = "gate passed" if decision.promote else "; ".join(decision.reasons)

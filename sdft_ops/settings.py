@@ -83,6 +83,18 @@ class UpdateConfig(BaseModel):
         "bring their own eval set)")
     scorer: str = Field("exact_match", description="scorer of a user domain's held-out split")
 
+    def merged(self, overrides: dict) -> "UpdateConfig":
+        """This config with `overrides` merged in section by section (nested mappings merge,
+        anything else replaces), validated again."""
+        def merge(base: dict, over: dict) -> dict:
+            out = dict(base)
+            for key, value in over.items():
+                both = isinstance(value, dict) and isinstance(out.get(key), dict)
+                out[key] = merge(out[key], value) if both else value
+            return out
+
+        return type(self).model_validate(merge(self.model_dump(mode="json"), overrides))
+
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "UpdateConfig":
         path = Path(path)

@@ -47,7 +47,8 @@ def test_good_update_promoted_damaging_update_blocked(tmp_path):
         first = _materialize(instance, good, load_shipped("tooluse")[0], "20261128-tooluse")
         assert first.success
         checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
-        assert checks == {"prior_retention": True, "safety_retention": True, "domain_learning": True}
+        assert checks == {"prior_retention": True, "safety_retention": True, "domain_learning": True,
+                          "warn_only_rules": True}
         with dg.build_sensor_context(instance=instance, resources={"sdft_ops": good}) as ctx:
             result = gating_sensor(ctx)
         (event,) = result.asset_events
