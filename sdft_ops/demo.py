@@ -183,20 +183,42 @@ def finish(outcomes, records, matrix, plot, registry, started: float,
            demo_json: Path | None = DEMO_JSON) -> int:
     """Print the summary, write demo.json; 1 if a step's `expect` was not met."""
     champion = registry.champion_version()
-    for line in summary_lines(outcomes, records, matrix, plot, registry.tracking_uri,
-                              registry.lineage(champion) if champion else []):
-        print(line)
+    lines = summary_lines(outcomes, records, matrix, plot, registry.tracking_uri,
+                          registry.lineage(champion) if champion else [])
+    print("\n".join(lines))
     wall = time.perf_counter() - started
     unmet = [r for r in records if r["expected"] and r["expected"] != ("promote" if r["promoted"] else "reject")]
     if demo_json is not None:
         demo_json.parent.mkdir(parents=True, exist_ok=True)
         demo_json.write_text(json.dumps({"wall_seconds": round(wall, 1), "updates": records,
                                          "champion": champion}, indent=1) + "\n")
-    print(f"pipeline time: {wall:.0f} s   summary: {demo_json}")
+    run_id = log_summary_run(registry, lines, plot, demo_json)
+    print(f"pipeline time: {wall:.0f} s   summary: {demo_json}; plot and summary also in MLflow "
+          f"run {run_id}")
     for r in unmet:
         print(f"UNEXPECTED: update {r['update_id']} ({r['recipe']}) should have been "
               f"{'promoted' if r['expected'] == 'promote' else 'rejected'}")
     return 1 if unmet else 0
+
+
+def log_summary_run(registry, lines: list[str], plot: Path, demo_json: Path | None) -> str:
+    """A `demo-summary` MLflow run holding the accuracy-matrix plot, the summary text and
+    demo.json, so the chain's result is browsable where its updates are."""
+    import tempfile
+
+    from sdft_ops.tracking import ensure_experiment
+
+    client = registry.client
+    experiment = ensure_experiment(client, registry.experiment, registry.tracking_uri, registry.home)
+    run_id = client.create_run(experiment, run_name="demo-summary").info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(tmp) / "summary.txt"
+        text.write_text("\n".join(lines) + "\n")
+        for path in (plot, text, demo_json):
+            if path is not None and Path(path).is_file():
+                client.log_artifact(run_id, str(path), "demo")
+    client.set_terminated(run_id)
+    return run_id
 
 
 def run_demo(chain_path: str | Path | None = None, home: str | Path | None = None,

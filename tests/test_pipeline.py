@@ -115,6 +115,11 @@ def test_demo_chain_summary_matrix_and_demo_json(tmp_path):
     out = tmp_path / "demo.json"
     code = finish(outcomes, records, matrix, plot, registry, started=0.0, demo_json=out)
     assert code == 0  # the damaging update was rejected, as the chain expects
+    (summary_run,) = registry.client.search_runs(
+        [registry.client.get_experiment_by_name(registry.experiment).experiment_id],
+        filter_string="attributes.run_name = 'demo-summary'")
+    logged = {a.path for a in registry.client.list_artifacts(summary_run.info.run_id, "demo")}
+    assert logged == {"demo/accuracy_matrix.png", "demo/summary.txt", "demo/demo.json"}
     demo = json.loads(out.read_text())
     assert demo["champion"] == "2" and demo["wall_seconds"] > 0
     assert [u["promoted"] for u in demo["updates"]] == [True, True, False]
