@@ -40,7 +40,7 @@ PERMISSIVE_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop"
                    "domain_rule": {"min_gain": -1.0}, "earlier_domain_rule": {"max_drop": 1.0},
                    "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
                    "required_suites": []}
-SFT = {"method": "sft", "learning_rate": 1e-4}
+SFT = {"method": "sft", "learning_rate": 1e-4, "rollout": "student"}  # rollout is SDFT-only
 REPLAY = {"fraction": 0.25, "seed": 0}
 
 

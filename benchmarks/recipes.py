@@ -53,16 +53,18 @@ OPEN_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop": 1.0}
              "required_suites": []}
 REPLAY = {"fraction": 0.25, "seed": 0}
 TEACHER = {"rollout": "teacher"}
+STUDENT = {"rollout": "student"}  # the paper (explicit: configs/demo.yaml may set another)
+SFT = {"method": "sft", "learning_rate": 1e-4, "rollout": "student"}  # rollout is SDFT-only
 # name → (train overrides of configs/demo.yaml, replay). In the order they are run: the most
 # promising first, so that a run cut short still holds them on every domain.
 RECIPES: dict[str, tuple[dict, dict | None]] = {
     "sdft-teacher+replay": (TEACHER, REPLAY),
-    "sft": ({"method": "sft", "learning_rate": 1e-4}, None),
-    "sft+replay": ({"method": "sft", "learning_rate": 1e-4}, REPLAY),
-    "sdft-student+replay": ({}, REPLAY),
+    "sft": (SFT, None),
+    "sft+replay": (SFT, REPLAY),
+    "sdft-student+replay": (STUDENT, REPLAY),
     "sdft-mixed+replay": ({"rollout": "mixed", "student_fraction": 0.5}, REPLAY),
     "sdft-teacher": (TEACHER, None),
-    "sdft-student": ({}, None),
+    "sdft-student": (STUDENT, None),
     "sdft-mixed": ({"rollout": "mixed", "student_fraction": 0.5}, None),
     "sdft-teacher+replay-T0.5": (TEACHER | {"teacher_temperature": 0.5}, REPLAY),
     "sdft-teacher+replay+filter": (TEACHER | {"rollout_filter": "scorer"}, REPLAY),
