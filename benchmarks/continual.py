@@ -35,7 +35,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 CACHE = RESULTS / "cache" / "continual"
 CHAIN = ("safety", "tooluse", "knowledge", "triage")
 PRIOR = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu")
-EVAL = {"instruction_following": False, "n_boot": 1000}
+# The sizes every row was measured at (the gate's calibrated sizes in configs/demo.yaml are ~5x
+# the cost): the benchmark compares methods on the same items, it does not gate.
+EVAL = {"instruction_following": False, "n_boot": 1000,
+        "prior_sizes": {"arc_easy": 60, "arc_challenge": 60, "hellaswag": 30, "piqa": 60, "winogrande": 60, "mmlu": 60}}
 PERMISSIVE_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop": 1.0},
                    "domain_rule": {"min_gain": -1.0}, "earlier_domain_rule": {"max_drop": 1.0},
                    "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
