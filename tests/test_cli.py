@@ -245,7 +245,8 @@ def test_eval_writes_report(chain, capsys, tmp_path):
     assert out_file.is_file()
     report = json.loads(out_file.read_text())
     assert report["model_ref"] == str(chain.base)
-    assert {"drift", "arc_easy", "domain/tooluse", "domain/knowledge"} <= set(report["results"])
+    assert {"drift", "arc_easy", "domain/tooluse"} <= set(report["results"])
+    assert "domain/knowledge" not in report["results"]  # u2 (knowledge) was rejected: not taught
     table = out.split("report written")[0]
     assert f"# Evaluation: `{chain.base}`" in table
     assert "drift" in table and "domain/tooluse" in table
