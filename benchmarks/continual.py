@@ -110,7 +110,8 @@ def safety_home() -> Path:
 
     home = CACHE / "homes" / "safety"
     home.mkdir(parents=True, exist_ok=True)
-    chain = chain_for("sft", home).model_copy(update={"steps": chain_for("sft", home).steps[:1]})
+    full = chain_for("sft", home)
+    chain = full.model_copy(update={"steps": full.steps[:1]})
     run_chain(resumable_runner(home), chain, home)
     return home
 

@@ -30,7 +30,6 @@ from sdft_ops.settings import UpdateConfig
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CHAIN = ROOT / "configs" / "demo_chain.yaml"
 DEMO_JSON = ROOT / "benchmarks" / "results" / "demo.json"
-PRIOR_PREFIXES = ("arc_", "hellaswag", "piqa", "winogrande", "mmlu", "ifeval")
 
 
 class DemoStep(BaseModel):
@@ -110,8 +109,11 @@ def accuracy_matrix(stage_refs, suites, cfg: UpdateConfig, home: Path,
 
 def update_record(outcome, cfg: UpdateConfig) -> dict:
     """One update as demo.json lists it."""
+    from sdft_ops.gate import LOG_PROB_SUITES, suite_class
+
     ret, results = outcome.report.retention, outcome.report.results
-    prior = [r.ratio for s, r in ret.items() if s.startswith(PRIOR_PREFIXES) and r.reference_score > 0]
+    prior = [r.ratio for s, r in ret.items()
+             if suite_class(s) == "prior" and s not in LOG_PROB_SUITES and r.reference_score > 0]
     domain = results.get(f"domain/{outcome.domain}")
     return {"domain": outcome.domain, "update_id": outcome.update_id, "version": outcome.version,
             "method": cfg.train.method, "recipe": recipe_name(cfg), "promoted": outcome.promoted,
