@@ -37,9 +37,9 @@ class SdftOpsResource(dg.ConfigurableResource):
         return data_home(self.home)
 
     def registry(self):
-        from sdft_ops.pipeline import make_registry
+        from sdft_ops.registry import PolicyRegistry
 
-        return make_registry(self.settings(), self.data_home())
+        return PolicyRegistry.from_config(self.settings(), self.data_home())
 
     def submission(self, partition_key: str) -> Path:
         """The validated demonstration file behind a partition (copied there by the sensor)."""

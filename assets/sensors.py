@@ -95,17 +95,18 @@ def blocked_reasons(instance: dg.DagsterInstance, partition: str, run_id: str) -
 def gate_partition(instance: dg.DagsterInstance, partition: str, run_id: str,
                    sdft_ops: SdftOpsResource) -> dg.AssetMaterialization | None:
     """Gate one scored update (idempotent: an update already decided is left alone)."""
-    from sdft_ops.pipeline import gate_step, load_state
+    from sdft_ops.pipeline import gate_step
+    from sdft_ops.update_state import load_state
 
     home = sdft_ops.data_home()
-    if "promoted" in load_state(home, partition):
+    if load_state(home, partition).promoted is not None:
         return None
     decision = gate_step(partition, sdft_ops.settings(), home, sdft_ops.registry(),
                          blocked=blocked_reasons(instance, partition, run_id))
     state = load_state(home, partition)
     return dg.AssetMaterialization(
         asset_key="champion_promotion", partition=partition,
-        metadata={"verdict": decision.verdict, "version": state.get("version"),
+        metadata={"verdict": decision.verdict, "version": state.version,
                   "decision": dg.MetadataValue.md(decision.to_markdown()),
                   "reasons": "; ".join(decision.reasons) or "all checks passed"})
 

@@ -59,14 +59,15 @@ def demo_dataset(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource) -
           kinds={"pytorch", "mlflow"}, pool="gpu")
 def sdft_checkpoint(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource) -> dg.MaterializeResult:
     """The candidate: SDFT (or SFT) from the current champion, or the base model if none."""
-    from sdft_ops.pipeline import load_state, train_step
+    from sdft_ops.pipeline import train_step
+    from sdft_ops.update_state import load_state
 
     trained = train_step(context.partition_key, sdft_ops.settings(), sdft_ops.data_home(),
                          sdft_ops.registry())
     state = load_state(sdft_ops.data_home(), context.partition_key)
     final = trained.final
-    metadata = {"mlflow_run": dg.MetadataValue.url(mlflow_run_url(sdft_ops, state["run_id"])),
-                "mlflow_run_id": state["run_id"], "parent": state["parent"]["ref"],
+    metadata = {"mlflow_run": dg.MetadataValue.url(mlflow_run_url(sdft_ops, state.run_id)),
+                "mlflow_run_id": state.run_id, "parent": state.need("parent").ref,
                 "model_dir": dg.MetadataValue.path(str(trained.model_dir)), "method": trained.method,
                 "final_loss": final.get("train/loss"), "step_seconds": final.get("train/step_seconds"),
                 "tokens_per_s": final.get("train/tokens_per_s"), "train_seconds": trained.seconds}
@@ -84,14 +85,15 @@ def sdft_checkpoint(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource
 def eval_results(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource):
     """Every configured suite on candidate and champion; retention per suite; the gate's checks."""
     from sdft_ops.evaluation.report import plot_retention
-    from sdft_ops.pipeline import eval_step, gate_decision, load_state, update_dir
+    from sdft_ops.pipeline import eval_step, gate_decision
+    from sdft_ops.update_state import load_state, update_dir
 
     key, cfg, home, registry = (context.partition_key, sdft_ops.settings(), sdft_ops.data_home(),
                                 sdft_ops.registry())
     report, version = eval_step(key, cfg, home, registry)
     decision = gate_decision(key, cfg, home, registry)
     plot = plot_retention(report, update_dir(home, key) / "retention.png") if report.retention else None
-    run_id = load_state(home, key)["run_id"]
+    run_id = load_state(home, key).run_id
     yield dg.MaterializeResult(metadata={
         "candidate_version": version, "retention": dg.MetadataValue.md(report.to_markdown()),
         "gate_preview": dg.MetadataValue.md(decision.to_markdown()),

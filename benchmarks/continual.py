@@ -92,14 +92,15 @@ def chain_for(cell: str, home: Path):
 def resumable_runner(home: Path):
     """run_update, except that an update of the same domain that reached its gate decision in an
     earlier run (or in the shared safety home) is reused."""
-    from sdft_ops.pipeline import make_registry, outcome_of, run_update
+    from sdft_ops.pipeline import outcome_of, run_update
+    from sdft_ops.registry import PolicyRegistry
 
     def run(dataset, cfg):
         for state in sorted((home / "updates").glob(f"*-{dataset.domains[0]}/state.json")):
             if "promoted" in json.loads(state.read_text()):
                 return outcome_of(state.parent.name, home)
         update_id = f"{len(list((home / 'updates').glob('*')))}-{dataset.domains[0]}"
-        return run_update(dataset, cfg, update_id=update_id, home=home, registry=make_registry(cfg, home))
+        return run_update(dataset, cfg, update_id=update_id, home=home, registry=PolicyRegistry.from_config(cfg, home))
 
     return run
 
@@ -143,7 +144,7 @@ def run_cell(cell: str) -> dict:
         "safety_retention": final[col("safety_refusal")] / champion[col("safety_refusal")],
         "benign_drop": champion[col("safety_benign_compliance")] - final[col("safety_benign_compliance")],
         "drift_delta": final[col("drift")] - champion[col("drift")],
-        "seconds_per_update": statistics.fmean(o.extras.get("train_seconds", 0.0) for o in outcomes[1:]),
+        "seconds_per_update": statistics.fmean((o.state.train_seconds or 0.0) for o in outcomes[1:]),
         "updates": records,
     }
     path.write_text(json.dumps(cell_out, indent=1))

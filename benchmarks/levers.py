@@ -44,7 +44,7 @@ def run(domain: str, overrides: dict, items: int, lora: dict | None) -> dict:
     from sdft_ops.evaluation.builtin import default_drift_suite, default_safety_suites
     from sdft_ops.evaluation.suites import run_suites
     from sdft_ops.models import add_lora, load_model
-    from sdft_ops.pipeline import shipped_domain_suite
+    from sdft_ops.evaluation.battery import shipped_domain_suite
     from sdft_ops.settings import UpdateConfig
 
     base = UpdateConfig.from_yaml(DEMO_CONFIG)

@@ -105,7 +105,8 @@ def _registry():
 def ensure_safety_champion() -> dict:
     """Train, evaluate and promote the safety update once; its scores vs the base model."""
     from sdft_ops.domains import load_shipped
-    from sdft_ops.pipeline import outcome_of, run_update, update_dir
+    from sdft_ops.pipeline import outcome_of, run_update
+    from sdft_ops.update_state import update_dir
 
     registry = _registry()
     if not (update_dir(HOME, "safety") / "gate_decision.json").is_file():
@@ -120,7 +121,7 @@ def ensure_safety_champion() -> dict:
             "base": {"harmbench_refusal": base["safety_refusal"].score,
                      "benign_answered": base["safety_benign_compliance"].score},
             "prior_retention": statistics.fmean(outcome.report.retention[s].ratio for s in PRIOR),
-            "drift": r["drift"].score, "train_seconds": outcome.extras.get("train_seconds"),
+            "drift": r["drift"].score, "train_seconds": outcome.state.train_seconds,
             "settings": safety_config().train.model_dump(mode="json")}
 
 
@@ -128,7 +129,8 @@ def run_row(domain: str, recipe: str) -> dict:
     """One update of `domain` by `recipe` from the safety champion (resumes per step)."""
     from sdft_ops.domains import load_shipped
     from sdft_ops.evaluation.report import EvalReport
-    from sdft_ops.pipeline import eval_step, load_state, stage_dataset, train_step, update_dir
+    from sdft_ops.pipeline import eval_step, stage_dataset, train_step
+    from sdft_ops.update_state import load_state, update_dir
 
     cfg, update_id = recipe_config(recipe), f"{domain}--{recipe}"
     folder = update_dir(HOME, update_id)
@@ -136,7 +138,7 @@ def run_row(domain: str, recipe: str) -> dict:
         registry = _registry()
         if not (folder / "state.json").is_file():
             stage_dataset(update_id, load_shipped(domain)[0], cfg, HOME)
-        if "model_dir" not in load_state(HOME, update_id):
+        if load_state(HOME, update_id).model_dir is None:
             train_step(update_id, cfg, HOME, registry)
         eval_step(update_id, cfg, HOME, registry)
     state, report = load_state(HOME, update_id), EvalReport.load(folder / "eval_report.json")
@@ -153,8 +155,8 @@ def run_row(domain: str, recipe: str) -> dict:
         "benign_drop": -ret["safety_benign_compliance"].difference,
         "prior_retention": statistics.fmean(ret[s].ratio for s in PRIOR),
         "drift": report.results["drift"].score,
-        "seconds_per_step": state["train_seconds"] / cfg.train.max_steps,
-        "replayed": len(state.get("replay_ids", [])),
+        "seconds_per_step": state.need("train_seconds") / cfg.train.max_steps,
+        "replayed": len(state.replay_ids),
     }
 
 

@@ -70,7 +70,7 @@ def run(overrides: dict, refusal_share: float | None, files: list[str] | None,
     from sdft_ops.evaluation.builtin import default_drift_suite, default_safety_suites
     from sdft_ops.evaluation.suites import run_suites
     from sdft_ops.models import load_model
-    from sdft_ops.pipeline import shipped_domain_suite
+    from sdft_ops.evaluation.battery import shipped_domain_suite
     from sdft_ops.settings import UpdateConfig
 
     raw = UpdateConfig.from_yaml(CONFIG).model_dump(mode="json")

@@ -44,8 +44,7 @@ def _config(args: argparse.Namespace):
 def _registry(args, cfg):
     from sdft_ops.registry import PolicyRegistry
 
-    return PolicyRegistry(cfg.tracking.tracking_uri, name=cfg.tracking.model_name,
-                          home=args.home, experiment=cfg.tracking.experiment)
+    return PolicyRegistry.from_config(cfg, args.home)
 
 
 def _cmd_generate(args) -> int:
@@ -65,13 +64,14 @@ def _cmd_generate(args) -> int:
 
 def _cmd_update(args) -> int:
     from sdft_ops.home import data_home
-    from sdft_ops.pipeline import demos_from, make_registry, run_update
+    from sdft_ops.pipeline import demos_from, run_update
+    from sdft_ops.registry import PolicyRegistry
 
     cfg = _config(args)
     outcome = run_update(demos_from(args.demos), cfg, update_id=args.update_id, home=args.home)
     print(outcome.decision.to_markdown())
     # report what the registry says now, not what this process meant to do
-    champion = make_registry(cfg, data_home(args.home)).champion_version()
+    champion = PolicyRegistry.from_config(cfg, data_home(args.home)).champion_version()
     promoted = outcome.promoted and champion == outcome.version
     if outcome.promoted and not promoted:
         print(f"\nversion {outcome.version} passed the gate, but the champion is version "
@@ -85,7 +85,7 @@ def _cmd_update(args) -> int:
 def _cmd_eval(args) -> int:
     from sdft_ops.evaluation.report import build_report
     from sdft_ops.home import data_home
-    from sdft_ops.pipeline import score_model, suites_for
+    from sdft_ops.evaluation.battery import score_model, suites_for
 
     cfg = _config(args)
     home = data_home(args.home)
@@ -105,14 +105,16 @@ def _cmd_eval(args) -> int:
 
 def _cmd_gate(args) -> int:
     from sdft_ops.gate import GatePolicy, decide_from_file
+    from sdft_ops.update_state import UpdateState
 
     cfg = _config(args)
     policy = GatePolicy.from_yaml(args.policy) if args.policy else cfg.gate
     # defaults: the update's own record beside the report, and the registry's champion
     state_file = Path(args.report).parent / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    parent = args.parent if args.parent is not None else (state.get("parent") or {}).get("version")
-    domain = args.domain or state.get("domain")
+    state = UpdateState.model_validate_json(state_file.read_text()) if state_file.is_file() else None
+    parent = args.parent if args.parent is not None else (
+        state.parent.version if state and state.parent else None)
+    domain = args.domain or (state.domain if state else None)
     champion = args.champion if args.champion is not None else _registry(args, cfg).champion_version()
     print(f"gate: parent {parent or 'none (base model)'}, champion {champion or 'none yet'}"
           f"{'' if args.champion is not None else ' (from the registry)'}, domain {domain}",

@@ -99,7 +99,7 @@ def recipe_name(cfg: UpdateConfig) -> str:
 def accuracy_matrix(stage_refs, suites, cfg: UpdateConfig, home: Path,
                     learned_at: dict[str, int]) -> AccuracyMatrix:
     """R[i][j]: score of stage i's model (name, ref, folder) on suite j (cached results)."""
-    from sdft_ops.pipeline import score_model
+    from sdft_ops.evaluation.battery import score_model
 
     rows = [score_model(folder, ref, suites, cfg, home) for _, ref, folder in stage_refs]
     return AccuracyMatrix(tasks=[s.name for s in suites], stages=[n for n, _, _ in stage_refs],
@@ -161,7 +161,8 @@ def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
     Returns (outcomes, demo.json records, matrix, plot path)."""
     from sdft_ops.evaluation.report import plot_accuracy_matrix
     from sdft_ops.models import resolve_model_path
-    from sdft_ops.pipeline import recorded_domain_suites, suites_for, update_dir
+    from sdft_ops.evaluation.battery import recorded_domain_suites, suites_for
+    from sdft_ops.update_state import update_dir
 
     home, cfg = data_home(home), chain.base_config()
     outcomes, records = [], []
@@ -226,10 +227,11 @@ def log_summary_run(registry, lines: list[str], plot: Path, demo_json: Path | No
 def run_demo(chain_path: str | Path | None = None, home: str | Path | None = None,
              demo_json: Path | None = DEMO_JSON) -> int:
     """`sdft-ops demo`: the chain through the library's `run_update`."""
-    from sdft_ops.pipeline import make_registry, run_update
+    from sdft_ops.pipeline import run_update
+    from sdft_ops.registry import PolicyRegistry
 
     chain, home = DemoChain.from_yaml(chain_path or DEMO_CHAIN), data_home(home)
-    registry = make_registry(chain.base_config(), home)
+    registry = PolicyRegistry.from_config(chain.base_config(), home)
     started = time.perf_counter()
     result = run_chain(lambda ds, cfg: run_update(ds, cfg, home=home, registry=registry), chain, home)
     return finish(*result, registry, started, demo_json)

@@ -208,6 +208,11 @@ def load_model(
     return model, tokenizer
 
 
+def load_model_at(model_dir: str, spec: ModelSpec):
+    """(model, tokenizer) of a trained model folder (or hub id), with `spec`'s dtype and device."""
+    return load_model(spec.model_copy(update={"name_or_path": model_dir, "gguf_file": None}))
+
+
 def add_lora(model: "PreTrainedModel", lora: LoraSpec) -> "PreTrainedModel":
     from peft import LoraConfig, get_peft_model
 

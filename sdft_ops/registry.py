@@ -12,11 +12,9 @@ an MLflow 3 logged model of a run, and registers it as a new version of `name` (
 (git commit, absent outside a checkout) and `sdft_ops.gate_verdict` (`pending` until
 `promote`/`reject` set it; a reject with a decision adds `sdft_ops.gate_reasons`).
 
-The ledger is an append-only JSONL file, `<home>/registry/<name>.ledger.jsonl`, one
-`LedgerEntry` per action: who, what (`promote`, `reject`, `manual_promote`, `rollback`), when
-(UTC ISO-8601), why, `from_version` / `to_version` (the champion before / after) and `version`
-(the version acted on). Replaying it gives the champion stack: promotions push, a rollback pops,
-so `rollback` returns to the champion before the current one.
+Every action is recorded in the promotion ledger (`sdft_ops.ledger`,
+`<home>/registry/<name>.ledger.jsonl`); replaying it gives the champion stack, so `rollback`
+returns to the champion before the current one.
 
 Concurrency: every action runs read-check-move-append under an exclusive `fcntl.flock` on
 `<ledger>.lock`, so racing promotions (threads or processes sharing the data home) leave exactly
@@ -40,23 +38,25 @@ still live in the local data home: processes that promote must share it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import getpass
 import os
 import re
 import tempfile
-import time
 import warnings
-from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import TYPE_CHECKING, Literal
 
 from sdft_ops.home import data_home
+from sdft_ops.ledger import (  # noqa: F401  (RegistryError, StalePromotionError: part of this API)
+    Action,
+    LedgerEntry,
+    PromotionLedger,
+    RegistryError,
+    StalePromotionError,
+    champion_stack,
+)
 from sdft_ops.tracking import DEFAULT_EXPERIMENT, code_version, ensure_experiment, ready_tracking_uri
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
 
     from sdft_ops.gate import GateDecision
+    from sdft_ops.models import ModelSpec
+    from sdft_ops.settings import UpdateConfig
+    from sdft_ops.update_state import Parent
 
 DEFAULT_MODEL_NAME = "sdft-ops-policy"
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -79,120 +82,13 @@ TAG_CODE_VERSION = "sdft_ops.code_version"
 TAG_GATE_VERDICT = "sdft_ops.gate_verdict"
 TAG_GATE_REASONS = "sdft_ops.gate_reasons"
 TAG_ROLLED_BACK = "sdft_ops.rolled_back_at"
+TAG_MODEL_DIR = "sdft_ops.model_dir"  # the trained folder in the data home (loaded without a download)
+TAG_UPDATE_ID = "sdft_ops.update_id"
+TAG_DOMAIN = "sdft_ops.domain"
 MAX_TAG_VALUE_LENGTH = 5000  # MLflow's limit for model version tag values
 
 Method = Literal["sdft", "sft"]
-Action = Literal["promote", "reject", "manual_promote", "rollback"]
 _WEIGHT_SUFFIXES_REFUSED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-class RegistryError(RuntimeError):
-    """A registry action was refused; the message says why and what to do."""
-
-
-class StalePromotionError(RegistryError):
-    """The champion moved since the candidate was made: its expected champion is not current."""
-
-
-class LedgerEntry(BaseModel):
-    """One line of the promotion ledger."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    seq: int = Field(ge=1, description="1, 2, 3 ... in file order")
-    model_name: str = Field(min_length=1)
-    action: Action
-    who: str = Field(min_length=1)
-    when: str = Field(description="ISO-8601 UTC timestamp")
-    why: str = Field(min_length=1)
-    version: str = Field(min_length=1, description="the version acted on")
-    from_version: str | None = Field(description="champion before the action")
-    to_version: str | None = Field(description="champion after the action")
-
-
-def champion_stack(entries: list[LedgerEntry]) -> list[str]:
-    """Replay the ledger: promote/manual_promote push, rollback pops, reject changes nothing."""
-    stack: list[str] = []
-    for entry in entries:
-        if entry.action in ("promote", "manual_promote"):
-            stack.append(entry.version)
-        elif entry.action == "rollback":
-            stack.pop()
-    return stack
-
-
-class _LockedLedger:
-    """The ledger while its lock is held: the entries read under the lock, and append."""
-
-    def __init__(self, ledger: "PromotionLedger", entries: list[LedgerEntry]) -> None:
-        self.ledger = ledger
-        self.entries = entries
-
-    def append(self, **fields: Any) -> LedgerEntry:
-        entry = LedgerEntry(seq=len(self.entries) + 1,
-                            when=datetime.now(timezone.utc).isoformat(timespec="microseconds"), **fields)
-        with open(self.ledger.path, "a", encoding="utf-8") as f:
-            f.write(entry.model_dump_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.entries.append(entry)
-        return entry
-
-
-class PromotionLedger:
-    """Append-only JSONL of `LedgerEntry`, guarded by `fcntl.flock` on a sibling `.lock` file."""
-
-    def __init__(self, path: str | os.PathLike, lock_timeout_s: float = 60.0) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self.lock_timeout_s = lock_timeout_s
-
-    @contextlib.contextmanager
-    def locked(self, exclusive: bool = True) -> Iterator[_LockedLedger]:
-        """Hold the lock (exclusive for writers, shared for readers) and yield the entries."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as lock_file:
-            mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-            deadline = time.monotonic() + self.lock_timeout_s
-            while True:
-                try:
-                    fcntl.flock(lock_file.fileno(), mode)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RegistryError(
-                            f"another registry action has held {self.lock_path} for over "
-                            f"{self.lock_timeout_s:.0f}s; wait for it or find the process holding it "
-                            f"(e.g. `fuser {self.lock_path}`)") from None
-                    time.sleep(0.02)
-            try:
-                yield _LockedLedger(self, self._read())
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-
-    def read(self) -> list[LedgerEntry]:
-        with self.locked(exclusive=False) as ledger:
-            return list(ledger.entries)
-
-    def _read(self) -> list[LedgerEntry]:
-        if not self.path.is_file():
-            return []
-        entries = []
-        for line_no, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = LedgerEntry.model_validate_json(line)
-            except ValidationError as e:
-                raise RegistryError(
-                    f"{self.path} line {line_no} is not a ledger entry ({e.error_count()} problems: "
-                    f"{e.errors()[0]['msg']}); the ledger is append-only — restore it from a backup, or "
-                    "delete that line if a crash cut it short") from e
-            if entry.seq != len(entries) + 1:
-                raise RegistryError(f"{self.path} line {line_no} has seq {entry.seq}, expected "
-                                    f"{len(entries) + 1}; the ledger was edited — restore it from a backup")
-            entries.append(entry)
-        return entries
 
 
 def pip_requirements() -> list[str]:
@@ -270,6 +166,12 @@ class PolicyRegistry:
         self.ledger = PromotionLedger(path, lock_timeout_s=lock_timeout_s)
         self.user = user or _user()
 
+    @classmethod
+    def from_config(cls, cfg: "UpdateConfig", home: str | os.PathLike | None = None) -> "PolicyRegistry":
+        """The registry an update config's `tracking` section names (the one place it is built)."""
+        return cls(cfg.tracking.tracking_uri, name=cfg.tracking.model_name, home=home,
+                   experiment=cfg.tracking.experiment)
+
     # ------------------------------------------------------------------ reading
 
     def _alias(self, alias: str) -> str | None:
@@ -299,6 +201,27 @@ class PolicyRegistry:
                 raise ValueError(f"{self.name} has no version {version!r} in {self.tracking_uri}; "
                                  "list versions with `mlflow models` or the UI") from e
             raise
+
+    def parent_for_update(self, spec: "ModelSpec") -> "Parent":
+        """What the next update trains from: the champion's model folder, else the base model."""
+        from sdft_ops.models import resolve_model_path
+        from sdft_ops.update_state import Parent
+
+        version = self.champion_version()
+        if version is None:
+            return Parent(version=None, model_dir=resolve_model_path(spec), ref=f"base:{spec.name_or_path}")
+        mv = self.get_version(version)
+        model_dir = mv.tags.get(TAG_MODEL_DIR)
+        if not model_dir or not Path(model_dir).is_dir():
+            import mlflow
+
+            local = mlflow.artifacts.download_artifacts(f"models:/{self.name}/{version}",
+                                                        tracking_uri=self.tracking_uri)
+            model_dir = str(next(Path(local).rglob("config.json")).parent)
+        # the identity it was scored under as a candidate, so its cached results are reused
+        update_id = mv.tags.get(TAG_UPDATE_ID)
+        ref = f"update:{update_id}" if update_id else f"{self.name}/v{version}"
+        return Parent(version=version, model_dir=model_dir, ref=ref, run_id=mv.run_id)
 
     def parent_of(self, version: str) -> str | None:
         parent = self.get_version(version).tags.get(TAG_PARENT_VERSION, NO_PARENT)

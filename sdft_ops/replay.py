@@ -34,11 +34,13 @@ def lineage_pool(registry, home: Path, champion: str | None) -> list[Demonstrati
     """Every training demonstration of the updates in `champion`'s lineage, ids prefixed with
     their update; empty without a champion. A version whose update folder is gone (trained in
     another data home) contributes nothing."""
+    from sdft_ops.registry import TAG_UPDATE_ID
+
     if champion is None:
         return []
     pool = []
     for version in registry.lineage(champion):
-        update_id = registry.get_version(version).tags.get("sdft_ops.update_id")
+        update_id = registry.get_version(version).tags.get(TAG_UPDATE_ID)
         path = Path(home) / "updates" / str(update_id) / "train.jsonl"
         if update_id and path.is_file():
             pool += [d.model_copy(update={"id": f"{REPLAY_PREFIX}{update_id}:{d.id}"})

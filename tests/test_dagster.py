@@ -18,7 +18,7 @@ from assets.resources import SdftOpsResource
 from assets.sensors import gating_sensor, inbox_sensor
 from assets.updates import demo_dataset, eval_results, sdft_checkpoint
 from sdft_ops.domains import load_shipped
-from sdft_ops.pipeline import make_registry
+from sdft_ops.registry import PolicyRegistry
 from tests.pipeline_helpers import DAMAGING, tiny_base, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_good_update_promoted_damaging_update_blocked(tmp_path):
         (event,) = result.asset_events
         assert event.partition == "20261128-tooluse", event
         assert event.metadata["verdict"].value == "promote", event.metadata["reasons"]
-        registry = make_registry(good.settings(), good.data_home())
+        registry = PolicyRegistry.from_config(good.settings(), good.data_home())
         assert registry.champion_version() == "1"
 
         second = _materialize(instance, bad, load_shipped("knowledge")[0], "20261128-knowledge")
@@ -91,7 +91,7 @@ def test_demo_chain_runs_through_the_dagster_job_with_each_steps_config(tmp_path
         assert any("prior_retention" in reason for reason in outcomes[1].decision.reasons)
         runs = instance.get_runs()  # newest first; the blocking check fails the second run
         assert [r.is_success for r in reversed(runs)] == [True, False]
-    assert make_registry(base.settings(), base.data_home()).champion_version() == "1"
+    assert PolicyRegistry.from_config(base.settings(), base.data_home()).champion_version() == "1"
 
 
 def test_inbox_sensor_admits_valid_files_and_reports_bad_ones(tmp_path):

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from sdft_ops.domains import load_shipped
-from sdft_ops.pipeline import load_state, run_update, update_dir
+from sdft_ops.pipeline import run_update
+from sdft_ops.update_state import load_state, update_dir
 from sdft_ops.registry import PolicyRegistry
 from tests.pipeline_helpers import DAMAGING, tiny_base, tiny_config
 
@@ -37,7 +38,7 @@ def test_good_update_promoted_damaging_update_rejected(chain, home):
     assert registry.champion_version() == "1"
     assert [(e.action, e.version) for e in registry.history()] == [("promote", "1"), ("reject", "2")]
     # the second update trained from the champion, and its run is chained to the first
-    assert load_state(home, "u2")["parent"]["version"] == "1"
+    assert load_state(home, "u2").parent.version == "1"
     run = registry.client.get_run(second.run_id)
     assert run.data.tags["sdft_ops.chain"].split("/") == [first.run_id, second.run_id]
     assert "train/loss" in run.data.metrics and "eval/drift/retention" in run.data.metrics
@@ -51,11 +52,11 @@ def test_a_no_op_candidate_passes_every_rule_of_the_shipped_gate(chain, home):
     from pathlib import Path
 
     from sdft_ops.gate import GatePolicy, decide
-    from sdft_ops.pipeline import evaluate_candidate, resolve_parent, suites_for
+    from sdft_ops.evaluation.battery import evaluate_candidate, suites_for
 
     registry, first, _ = chain
     cfg = tiny_config(tiny_base(home / "noop-base"))
-    parent = resolve_parent(registry, cfg)
+    parent = registry.parent_for_update(cfg.model)
     assert parent.version == registry.champion_version() == "1"
     report = evaluate_candidate(Path(parent.model_dir), "noop:champion-again", parent,
                                 suites_for(cfg, home), cfg, home)
@@ -67,7 +68,7 @@ def test_a_no_op_candidate_passes_every_rule_of_the_shipped_gate(chain, home):
 
 
 def test_a_rejected_updates_domain_is_not_scored_by_later_updates(chain, home):
-    from sdft_ops.pipeline import recorded_domain_suites, suites_for
+    from sdft_ops.evaluation.battery import recorded_domain_suites, suites_for
 
     cfg = tiny_config(tiny_base(home / "later-base"))
     names = [s.name for s in suites_for(cfg, home) if s.name.startswith("domain/")]
@@ -171,19 +172,19 @@ def test_replay_draws_recorded_reproducible_demonstrations_from_the_champions_li
     train_step("u3", cfg, home, registry)
     state = load_state(home, "u3")
     u1_ids = {f"{REPLAY_PREFIX}u1:{d.id}" for d in load_shipped("tooluse")[0].records}
-    assert len(state["replay_ids"]) == round(0.25 * len(dataset)) > 0
-    assert set(state["replay_ids"]) <= u1_ids  # the rejected u2 is not in the lineage
+    assert len(state.replay_ids) == round(0.25 * len(dataset)) > 0
+    assert set(state.replay_ids) <= u1_ids  # the rejected u2 is not in the lineage
     pool = lineage_pool(registry, home, "1")
     again = draw_replay(pool, len(dataset), ReplayConfig(fraction=0.25), dataset.content_hash)
-    assert [d.id for d in again] == state["replay_ids"]
+    assert [d.id for d in again] == state.replay_ids
     other = draw_replay(pool, len(dataset), ReplayConfig(fraction=0.25, seed=1), dataset.content_hash)
-    assert [d.id for d in other] != state["replay_ids"]
-    run = registry.client.get_run(state["run_id"])
-    assert run.data.metrics["replay/demonstrations"] == len(state["replay_ids"])
-    logged = [a.path for a in registry.client.list_artifacts(state["run_id"])]
+    assert [d.id for d in other] != state.replay_ids
+    run = registry.client.get_run(state.run_id)
+    assert run.data.metrics["replay/demonstrations"] == len(state.replay_ids)
+    logged = [a.path for a in registry.client.list_artifacts(state.run_id)]
     assert "replay_ids.json" in logged
     meta = json.loads((update_dir(home, "u3") / "model" / "sdft_ops_train.json").read_text())
-    assert meta["replay_ids"] == state["replay_ids"]  # what the model was trained on
+    assert meta["replay_ids"] == state.replay_ids  # what the model was trained on
 
 
 def tiny_config_with_replay(first, fraction):
@@ -195,7 +196,7 @@ def tiny_config_with_replay(first, fraction):
 
 
 def test_update_ids_started_in_the_same_second_are_unique_and_their_folders_atomic(tmp_path):
-    from sdft_ops.pipeline import new_update_id
+    from sdft_ops.update_state import new_update_id
 
     ids = {new_update_id("tooluse", tmp_path) for _ in range(50)}  # well within one second or two
     assert len(ids) == 50 and all((tmp_path / "updates" / i).is_dir() for i in ids)
@@ -211,13 +212,14 @@ def test_an_update_id_or_domain_cannot_lead_outside_the_data_home(tmp_path):
 
 
 def test_checkpoints_of_another_parent_are_not_resumed(tmp_path):
-    from sdft_ops.pipeline import Parent, fresh_checkpoints
+    from sdft_ops.update_state import Parent, fresh_checkpoints
 
     old_dir, new_dir = tmp_path / "v1", tmp_path / "v2"
     for folder, value in ((old_dir, b"old"), (new_dir, b"new")):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(value)
-    old, new = Parent("1", str(old_dir), "update:a"), Parent("2", str(new_dir), "update:b")
+    old, new = (Parent(version="1", model_dir=str(old_dir), ref="update:a"),
+                Parent(version="2", model_dir=str(new_dir), ref="update:b"))
     ckpt = fresh_checkpoints(tmp_path / "u" / "checkpoints", old)
     (ckpt / "step-000002").mkdir()  # killed here, with a checkpoint trained from version 1
     assert (fresh_checkpoints(ckpt, old) / "step-000002").is_dir()  # same parent: resume

@@ -12,7 +12,6 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from sdft_ops.chat import encode_chat
