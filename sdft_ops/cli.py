@@ -64,11 +64,12 @@ def _cmd_generate(args) -> int:
 
 def _cmd_update(args) -> int:
     from sdft_ops.home import data_home
-    from sdft_ops.pipeline import demos_from, run_update
+    from sdft_ops.data import load_demonstrations
+    from sdft_ops.pipeline import run_update
     from sdft_ops.registry import PolicyRegistry
 
     cfg = _config(args)
-    outcome = run_update(demos_from(args.demos), cfg, update_id=args.update_id, home=args.home)
+    outcome = run_update(load_demonstrations(args.demos), cfg, update_id=args.update_id, home=args.home)
     print(outcome.decision.to_markdown())
     # report what the registry says now, not what this process meant to do
     champion = PolicyRegistry.from_config(cfg, data_home(args.home)).champion_version()

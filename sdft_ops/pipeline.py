@@ -243,11 +243,3 @@ def run_update(dataset: DemoDataset, cfg: UpdateConfig, *, update_id: str | None
     eval_step(update_id, cfg, home, registry)
     gate_step(update_id, cfg, home, registry)
     return outcome_of(update_id, home)
-
-
-def demos_from(path_or_records: str | Path | Sequence[Demonstration]) -> DemoDataset:
-    from sdft_ops.data import load_demonstrations
-
-    if isinstance(path_or_records, (str, Path)):
-        return load_demonstrations(path_or_records)
-    return DemoDataset.from_records(path_or_records)
