@@ -44,7 +44,7 @@ validate: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster definitions validate -f definitions.py
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -f definitions.py
+	$(PY) -m assets.dev -h 127.0.0.1 -p 3000 -f definitions.py  # dagster dev; one Ctrl-C stops it (assets/dev.py)
 
 # The continual-learning benchmark (SDFT vs SFT, ~85 min here, resumable per cell).
 bench: install

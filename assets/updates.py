@@ -12,23 +12,9 @@ import dagster as dg
 
 from assets.partitions import domain_updates
 from assets.resources import SdftOpsResource
+from sdft_ops.gate import CHECK_GROUPS, WARNING_GROUPS  # light: pydantic + numpy
 
-BLOCKING_CHECKS = ("prior_retention", "safety_retention")
-WARNING_CHECKS = ("domain_learning", "warn_only_rules")
-CHECK_CLASSES = {"prior_retention": ("prior", "*"), "safety_retention": ("safety",),
-                 "domain_learning": ("domain",), "warn_only_rules": ("prior", "safety", "domain", "*")}
-
-
-def _checks_of(name: str, decision) -> list:
-    """The gate's checks behind one Dagster check: blocking ones by suite class, or (for
-    `warn_only_rules`) the checks of the policy's warn_only rules."""
-    from sdft_ops.gate import GLOBAL, suite_class
-
-    classes = CHECK_CLASSES[name]
-    return [c for c in decision.checks
-            if (GLOBAL if c.suite == GLOBAL else suite_class(c.suite)) in classes
-            and c.blocking == (name != "warn_only_rules")]
-
+BLOCKING_CHECKS = tuple(g for g in CHECK_GROUPS if g not in WARNING_GROUPS)
 
 def mlflow_run_url(sdft_ops: SdftOpsResource, run_id: str) -> str:
     """Link to the run in an MLflow UI (SDFT_OPS_MLFLOW_UI, default a local `mlflow ui`)."""
@@ -81,7 +67,7 @@ def sdft_checkpoint(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource
           kinds={"mlflow"}, pool="gpu",
           check_specs=[dg.AssetCheckSpec(name, asset="eval_results", blocking=True)
                        for name in BLOCKING_CHECKS]
-          + [dg.AssetCheckSpec(name, asset="eval_results") for name in WARNING_CHECKS])
+          + [dg.AssetCheckSpec(name, asset="eval_results") for name in WARNING_GROUPS])
 def eval_results(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource):
     """Every configured suite on candidate and champion; retention per suite; the gate's checks."""
     from sdft_ops.evaluation.report import plot_retention
@@ -99,12 +85,12 @@ def eval_results(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource):
         "gate_preview": dg.MetadataValue.md(decision.to_markdown()),
         "mlflow_run": dg.MetadataValue.url(mlflow_run_url(sdft_ops, run_id)),
         **({"retention_plot": dg.MetadataValue.path(str(plot))} if plot else {})})
-    for name in CHECK_CLASSES:
-        checks = _checks_of(name, decision)
+    for name in CHECK_GROUPS:
+        checks = decision.group(name)
         failed = [c for c in checks if not c.passed]
         yield dg.AssetCheckResult(
             check_name=name, passed=not failed and (bool(checks) or name == "warn_only_rules"),
-            severity=dg.AssetCheckSeverity.WARN if name in WARNING_CHECKS else dg.AssetCheckSeverity.ERROR,
+            severity=dg.AssetCheckSeverity.WARN if name in WARNING_GROUPS else dg.AssetCheckSeverity.ERROR,
             metadata={"checks": len(checks), "failed": len(failed),
                       "details": dg.MetadataValue.md("\n".join(
                           f"- {'✅' if c.passed else '❌'} {c.suite} {c.rule}: {c.measured} vs "

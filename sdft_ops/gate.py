@@ -104,6 +104,15 @@ CI_LEVEL = 0.95  # the gate's CIs, whatever level the report was built with
 MIN_BOOT = 1000  # the gate resamples at least this often, whatever n_boot the report records
 
 
+# How a decision's checks are reported in groups (the Dagster asset checks, one per group).
+# A blocking group without any check fails: a policy with no prior or safety rule guards nothing.
+CheckGroup = Literal["prior_retention", "safety_retention", "domain_learning", "warn_only_rules"]
+CHECK_GROUPS: dict[str, tuple[str, ...]] = {
+    "prior_retention": ("prior", GLOBAL), "safety_retention": ("safety",),
+    "domain_learning": ("domain",), "warn_only_rules": ("prior", "safety", "domain", GLOBAL)}
+WARNING_GROUPS = ("domain_learning", "warn_only_rules")  # reported, never block
+
+
 def suite_class(suite: str) -> SuiteClass:
     """`safety_*` → safety, `domain/*` → domain, anything else → prior capability."""
     if suite.startswith(SAFETY_PREFIX):
@@ -268,6 +277,14 @@ class GateDecision(BaseModel):
     @property
     def verdict(self) -> Literal["promote", "reject"]:
         return "promote" if self.promote else "reject"
+
+    def group(self, name: CheckGroup) -> list[RuleCheck]:
+        """The checks behind one reported group (`CHECK_GROUPS`): the blocking checks of its
+        suite classes, or for `warn_only_rules` the checks of the policy's warn_only rules."""
+        classes = CHECK_GROUPS[name]
+        return [c for c in self.checks
+                if (GLOBAL if c.suite == GLOBAL else suite_class(c.suite)) in classes
+                and c.blocking == (name != "warn_only_rules")]
 
     def to_markdown(self) -> str:
         """A verdict line, the failed reasons, then one table row per check."""

@@ -1,5 +1,6 @@
 """The Dagster skin on a real temporary instance with tiny models and a real sqlite MLflow."""
 
+import json
 import os
 import socket
 import signal
@@ -121,37 +122,77 @@ def test_definitions_validate():
     assert "Validation successful" in done.stderr + done.stdout
 
 
-@pytest.mark.xfail(strict=False, reason="known issue: passes alone in ~11 s, but inside the "
-                   "full suite dagster dev has not stopped on SIGINT since 2026-11-28; see the "
-                   "session note")
-def test_dagster_dev_serves_and_stops_on_sigint(tmp_path):
+def _busy() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+@pytest.mark.parametrize("hung_webserver", [False, True])
+def test_make_dev_serves_and_stops_on_one_ctrl_c_under_load(tmp_path, hung_webserver):
+    """`make dev`'s command (assets/dev.py around dagster dev), with both cores kept busy and a
+    live GraphQL subscription open as a browser holds one: one SIGINT, as a terminal's Ctrl-C
+    sends to the foreground process, stops everything within 10 s. `hung_webserver`: the
+    webserver is frozen (SIGSTOP) so that dagster dev cannot shut down by itself, as was seen."""
+    from websockets.sync.client import connect
+
     with socket.socket() as probe:  # a free port: a fixed one can meet a leftover server
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "SDFT_OPS_HOME": str(tmp_path / "home")}
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    proc = subprocess.Popen([str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
-                             "-f", "definitions.py"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    busy = [_busy(), _busy()]
+    proc = subprocess.Popen([str(VENV_BIN / "python"), "-m", "assets.dev", "-h", "127.0.0.1", "-p",
+                             str(port), "-f", "definitions.py"], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "dev.log", "w"))  # a file: a full pipe would block dagster
     try:
-        deadline, info = time.time() + 120, None
+        deadline, info = time.time() + 180, None
         while time.time() < deadline and info is None:
             try:
                 info = urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).read()
             except OSError:
                 time.sleep(1)
         assert info and b"dagster_webserver_version" in info
+        ws = connect(f"ws://127.0.0.1:{port}/graphql", subprotocols=["graphql-ws"], open_timeout=30)
+        ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        ws.send(json.dumps({"id": "1", "type": "start", "payload": {
+            "query": "subscription { locationStateChangeEvents { event { message } } }"}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "connection_ack"
+        children = subprocess.run(["pgrep", "-g", str(_dagster_pgid(proc.pid))], capture_output=True,
+                                  text=True).stdout.split()
+        assert len(children) >= 3  # dagster dev, webserver, daemon (+ code servers)
+        if hung_webserver:
+            webserver = subprocess.run(["pgrep", "-f", f"dagster_webserver --port {port}"],
+                                       capture_output=True, text=True).stdout.split()
+            os.kill(int(webserver[0]), signal.SIGSTOP)
+        started = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("make dev did not stop within 10 s of one SIGINT")
+        stopped_s = time.monotonic() - started
+        ws.close()
+        time.sleep(0.5)
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+                 and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+        assert not alive, f"processes left after make dev stopped: {alive}"
+        last = (tmp_path / "dev.log").read_text().strip().splitlines()[-1]
+        if hung_webserver:  # (unfrozen, dagster dev stops by itself in ~4 s here; printed, not required)
+            assert "killed its processes" in last, last
+        print(f"stopped in {stopped_s:.1f} s: {last}")
     finally:
-        # dagster dev ignores SIGTERM in practice. Alone it stops on one SIGINT in seconds; with
-        # a benchmark loading the 2-core box it twice did not, mid-startup: a second Ctrl-C then
-        # is what a user would press.
-        for wait_s in (90, 60):
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        else:
+        for b in busy:
+            b.kill()
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("dagster dev did not stop on two SIGINTs within 150 s")
+
+
+def _dagster_pgid(supervisor_pid: int) -> int:
+    """The process group of dagster dev, the supervisor's child (it runs in its own group)."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        out = subprocess.run(["pgrep", "-P", str(supervisor_pid)], capture_output=True, text=True).stdout.split()
+        if out:
+            return os.getpgid(int(out[0]))
+        time.sleep(0.2)
+    raise AssertionError("assets.dev started no dagster dev process")

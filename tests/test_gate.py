@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from sdft_ops.evaluation.report import EvalReport, build_report
 from sdft_ops.evaluation.types import SuiteResult
-from sdft_ops.gate import GateDecision, GatePolicy, RuleCheck, SuiteRule, decide, decide_from_file, suite_class
+from sdft_ops.gate import CHECK_GROUPS, GateDecision, GatePolicy, RuleCheck, SuiteRule, decide, decide_from_file, suite_class
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gate.yaml"
 N = 100
@@ -188,6 +188,21 @@ def test_a_warn_only_rule_reports_its_failure_without_rejecting_and_integrity_st
     data["results"]["drift"]["scores"][0] = "NaN"
     rejected = judge(EvalReport.model_validate(data), policy)
     assert not rejected.promote and failed(rejected) == [("drift", "finite")]
+
+
+def test_check_groups_split_a_decision_by_suite_class_and_blocking():
+    policy = GatePolicy(required_suites=[], rules={"drift": SuiteRule(max_drop=0.001, warn_only=True)})
+    pairs = healthy_pairs()
+    pairs[2] = pair("safety_refusal", 80, 50)  # safety lost
+    decision = judge(report_of(pairs), policy)
+    groups = {name: decision.group(name) for name in CHECK_GROUPS}
+    assert {c.suite for c in groups["safety_retention"]} == {"safety_refusal", "safety_benign_compliance"}
+    assert any(not c.passed for c in groups["safety_retention"])
+    assert all(c.passed for c in groups["prior_retention"] + groups["domain_learning"])
+    assert {c.suite for c in groups["prior_retention"]} >= {"arc_easy", "mmlu", "*"}
+    assert [(c.suite, c.passed) for c in groups["warn_only_rules"]] == [("drift", False)]
+    # every check lands in exactly one group
+    assert sorted(id(c) for g in groups.values() for c in g) == sorted(id(c) for c in decision.checks)
 
 
 def test_ratio_rules_are_refused_on_drift_and_fail_closed_on_negative_scores():
