@@ -3,8 +3,6 @@
 Kept import-light: torch / transformers / mlflow load inside asset and sensor bodies, never here.
 """
 
-import os
-
 import dagster as dg
 
 from assets.base_model import base_model
@@ -17,7 +15,5 @@ defs = dg.Definitions(
     jobs=[domain_update_job],
     sensors=[inbox_sensor, gating_sensor],
     schedules=[update_schedule],
-    resources={"sdft_ops": SdftOpsResource(
-        config_path=os.environ.get("SDFT_OPS_CONFIG", "configs/update.yaml"),
-        inbox=os.environ.get("SDFT_OPS_INBOX", "inbox"))},
+    resources={"sdft_ops": SdftOpsResource()},  # $SDFT_OPS_CONFIG / _INBOX / _HOME, read when used
 )

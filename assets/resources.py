@@ -1,6 +1,11 @@
-"""The one resource every asset uses: where the data lives and which configs apply."""
+"""The one resource every asset uses: where the data lives and which configs apply.
 
+Per deployment, set the fields (Dagster run config, or `SdftOpsResource(...)` in code) or the
+environment read when they are used, never at import: `SDFT_OPS_CONFIG` (update YAML),
+`SDFT_OPS_INBOX` (folder the inbox sensor watches), `SDFT_OPS_HOME` (data home).
+"""
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -14,15 +19,21 @@ class SdftOpsResource(dg.ConfigurableResource):
     `gate: {domain_rule: {min_gain: 0.05}}` — set it in the launchpad to change one run.
     """
 
-    config_path: str = "configs/update.yaml"
+    config_path: str | None = None  # None: $SDFT_OPS_CONFIG, else configs/update.yaml
     home: str | None = None  # None: $SDFT_OPS_HOME, else ./.sdft_ops
-    inbox: str = "inbox"  # folder the inbox sensor watches for new demonstration files
+    inbox: str | None = None  # None: $SDFT_OPS_INBOX, else ./inbox (watched for demo files)
     overrides_yaml: str = ""
+
+    def config_file(self) -> Path:
+        return Path(self.config_path or os.environ.get("SDFT_OPS_CONFIG") or "configs/update.yaml")
+
+    def inbox_dir(self) -> Path:
+        return Path(self.inbox or os.environ.get("SDFT_OPS_INBOX") or "inbox")
 
     def settings(self):
         from sdft_ops.settings import UpdateConfig
 
-        path = Path(self.config_path)
+        path = self.config_file()
         cfg = UpdateConfig.from_yaml(path) if path.is_file() else UpdateConfig()
         if not self.overrides_yaml.strip():
             return cfg

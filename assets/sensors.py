@@ -56,7 +56,7 @@ def admit_file(path: Path, sdft_ops: SdftOpsResource,
 @dg.sensor(job=domain_update_job, minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def inbox_sensor(context: dg.SensorEvaluationContext, sdft_ops: SdftOpsResource):
-    inbox = Path(sdft_ops.inbox)
+    inbox = sdft_ops.inbox_dir()
     seen = set(filter(None, (context.cursor or "").split("\n")))
     files = sorted(p for p in inbox.glob("*.jsonl") if p.name not in seen) if inbox.is_dir() else []
     if not files:

@@ -97,7 +97,7 @@ def test_demo_chain_runs_through_the_dagster_job_with_each_steps_config(tmp_path
 
 def test_inbox_sensor_admits_valid_files_and_reports_bad_ones(tmp_path):
     sdft_ops = SdftOpsResource(home=str(tmp_path / "home"), inbox=str(tmp_path / "inbox"))
-    inbox = Path(sdft_ops.inbox)
+    inbox = sdft_ops.inbox_dir()
     inbox.mkdir()
     load_shipped("triage")[0].write_jsonl(inbox / "triage.jsonl")
     (inbox / "broken.jsonl").write_text('{"id": "a", "prompt": "hi"}\n{not json\n')
@@ -196,3 +196,18 @@ def _dagster_pgid(supervisor_pid: int) -> int:
             return os.getpgid(int(out[0]))
         time.sleep(0.2)
     raise AssertionError("assets.dev started no dagster dev process")
+
+
+def test_definitions_read_deployment_settings_when_used_not_at_import(monkeypatch, tmp_path):
+    import definitions
+
+    resource = definitions.defs.resources["sdft_ops"]
+    monkeypatch.delenv("SDFT_OPS_CONFIG", raising=False)
+    monkeypatch.delenv("SDFT_OPS_INBOX", raising=False)
+    assert resource.config_file() == Path("configs/update.yaml") and resource.inbox_dir() == Path("inbox")
+    config = tmp_path / "update.yaml"
+    config.write_text("train: {max_steps: 3}\n")
+    monkeypatch.setenv("SDFT_OPS_CONFIG", str(config))
+    monkeypatch.setenv("SDFT_OPS_INBOX", str(tmp_path / "drop"))
+    assert resource.settings().train.max_steps == 3  # set after the import, still applies
+    assert resource.inbox_dir() == tmp_path / "drop"
