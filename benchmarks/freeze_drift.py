@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from sdft_ops.chat import encode_chat
-from sdft_ops.evaluation.suites_engine import greedy_generate
+from sdft_ops.engine.sampling import greedy_generate
 from sdft_ops.evaluation.suites_io import resource_path
 from sdft_ops.models import DEFAULT_MODEL, ModelSpec, builtin_gguf_path, load_model, sha256_file
 

@@ -27,7 +27,7 @@ from sdft_ops.chat import encode_chat
 from sdft_ops.domains.safety import ANSWERS_FILE
 from sdft_ops.domains.safety_prompts import BENIGN_LOOKALIKES
 from sdft_ops.evaluation.builtin import _load, subset_indices
-from sdft_ops.evaluation.suites_engine import greedy_generate
+from sdft_ops.engine.sampling import greedy_generate
 from sdft_ops.models import DEFAULT_MODEL, ModelSpec, builtin_gguf_path, load_model, sha256_file
 
 MAX_NEW_TOKENS = 96

@@ -37,15 +37,6 @@ def generate_text(
     max_new_tokens: int = 64,
 ) -> str:
     """Greedy answer to one chat prompt (for humans: the CLI and the demo)."""
-    import torch
+    from sdft_ops.engine.sampling import greedy_generate
 
-    ids = torch.tensor([encode_chat(tokenizer, messages)], device=model.device)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    return greedy_generate(model, tokenizer, [encode_chat(tokenizer, messages)], max_new_tokens)[0].strip()

@@ -12,7 +12,7 @@ a serving environment needs only mlflow, torch, transformers and safetensors.
 `load_context` loads the folder with transformers (safetensors only, `trust_remote_code=False`,
 fp32 on CPU). `predict` treats every prompt as one user turn, renders it with the tokenizer's
 chat template (or 'role: content' lines without one) and decodes greedily — the same rendering
-and decoding as `sdft_ops.chat.generate_text`, restated here so the artifact is self-contained.
+and decoding (greedy, the same stop ids) as `sdft_ops.chat.generate_text`, restated here so the artifact is self-contained.
 """
 
 from __future__ import annotations
@@ -78,9 +78,17 @@ class PolicyModel(PythonModel):
             with torch.no_grad():
                 out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                           max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
+                                          pad_token_id=self.tokenizer.pad_token_id,
+                                          eos_token_id=self._stop_ids())
             outputs.append(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
         return outputs
+
+    def _stop_ids(self) -> list[int]:
+        """The stop rule of `sdft_ops.engine.sampling.stop_ids`: the tokenizer's EOS and the
+        generation config's EOS ids (greedy decoding with them is the same tokens, tested)."""
+        config = self.model.generation_config.eos_token_id
+        ids = {self.tokenizer.eos_token_id, *(config if isinstance(config, list | tuple) else [config])}
+        return sorted(i for i in ids if i is not None)
 
 
 mlflow.models.set_model(PolicyModel())

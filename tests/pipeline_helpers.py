@@ -33,7 +33,7 @@ def freeze_tiny_drift(base: Path, path: Path) -> Path:
 
     model, tok = load_model(ModelSpec(name_or_path=str(base)))
     prompts = [encode_chat(tok, [{"role": "user", "content": p}]) for p in DRIFT_PROMPTS]
-    out = decode(model, prompts, max_new_tokens=16, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    out = decode(model, prompts, max_new_tokens=16, eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
     answers = tok.batch_decode(out.completion_ids, skip_special_tokens=True)
     path.write_text("".join(json.dumps({"id": f"drift-{i}", "prompt": p, "answer": a.strip() or "ok",
                                         "provenance": {"model": str(base), "decoding": "greedy"}}) + "\n"

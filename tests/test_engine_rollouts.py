@@ -37,13 +37,13 @@ def test_a_teacher_rollout_is_sampled_from_the_teacher_prompt_by_the_teacher(mon
     monkeypatch.setattr(rollout_module, "decode",
                         lambda m, prompts, **k: calls.append((m, prompts, k)) or real(m, prompts, **k))
     out = sample_completions(model, teacher.model, examples, seeds, [True] * 4, cfg,
-                             tok.eos_token_id, tok.pad_token_id)
+                             (tok.eos_token_id,), tok.pad_token_id)
     ((used, prompts, kw),) = calls
     assert used is teacher.model and used is not model
     assert prompts == [e.teacher_prompt for e in examples] and kw["temperature"] == 0.7
     assert all(e.teacher_prompt != e.student_prompt for e in examples)
     direct = decode(teacher.model, [examples[2].teacher_prompt], max_new_tokens=12,
-                    eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=0.7,
+                    eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id, temperature=0.7,
                     seeds=[seeds[2]]).completion_ids[0]
     assert out.ids[2, : len(direct)].tolist() == direct.tolist() and bool(out.from_teacher.all())
 
@@ -53,10 +53,10 @@ def test_mixed_rows_keep_their_own_source_and_sample(monkeypatch):
     model, tok, examples, teacher, seeds = _setup(cfg)
     sources = [True, False, False, True]
     out = sample_completions(model, teacher.model, examples, seeds, sources, cfg,
-                             tok.eos_token_id, tok.pad_token_id)
+                             (tok.eos_token_id,), tok.pad_token_id)
     for i, e in enumerate(examples):
         m, prompt = (teacher.model, e.teacher_prompt) if sources[i] else (model, e.student_prompt)
-        alone = decode(m, [prompt], max_new_tokens=12, eos_id=tok.eos_token_id,
+        alone = decode(m, [prompt], max_new_tokens=12, eos_ids=(tok.eos_token_id,),
                        pad_id=tok.pad_token_id, seeds=[seeds[i]]).completion_ids[0]
         assert out.ids[i, : len(alone)].tolist() == alone.tolist()
     assert out.from_teacher.tolist() == sources
@@ -86,11 +86,11 @@ def test_the_scorer_filter_replaces_rejected_teacher_rollouts_by_the_demonstrati
     seen = []
     reject = lambda ids, e: seen.append(e.id) or e.id != "d0"  # noqa: E731  reject d0 only
     out = sample_completions(model, teacher.model, examples, seeds, sources, cfg,
-                             tok.eos_token_id, tok.pad_token_id, check=reject)
+                             (tok.eos_token_id,), tok.pad_token_id, check=reject)
     assert seen == ["d0", "d1"] and out.replaced == 1  # student rows are never checked
     assert out.ids[0, : len(examples[0].target)].tolist() == list(examples[0].target)
     kept = sample_completions(model, teacher.model, examples, seeds, sources, cfg,
-                              tok.eos_token_id, tok.pad_token_id, check=lambda ids, e: True)
+                              (tok.eos_token_id,), tok.pad_token_id, check=lambda ids, e: True)
     assert kept.replaced == 0 and out.ids[1].tolist() == kept.ids[1, : out.ids.shape[1]].tolist()
     assert kept.ids[0, : len(examples[0].target)].tolist() != list(examples[0].target)
 
@@ -122,7 +122,7 @@ def test_nll_on_teacher_rollouts_and_the_sft_anchor_add_up_as_documented():
     model, tok, examples, teacher, seeds = _setup(cfg)
     sources = [True, False, True, False]
     args = (model, teacher, examples, seeds, sources)
-    eos, pad = tok.eos_token_id, tok.pad_token_id
+    eos, pad = (tok.eos_token_id,), tok.pad_token_id
     base, _ = sdft_step(*args, cfg, eos, pad)
     anchored, _ = sdft_step(*args, cfg.model_copy(update={"sft_weight": 0.5}), eos, pad)
     sft, _ = sft_step(model, examples, cfg, pad)

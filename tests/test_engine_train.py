@@ -57,7 +57,7 @@ def test_only_the_demonstration_is_truncated_and_long_questions_are_reported(tin
 def test_sampling_is_per_example_seeded_and_greedy_matches_generate(tiny):
     model, tok = tiny
     prompts = [encode_chat(tok, [{"role": "user", "content": t}]) for t in ("hi", "what is 2+2?")]
-    kw = dict(max_new_tokens=10, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    kw = dict(max_new_tokens=10, eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
     both = decode(model, prompts, seeds=[11, 22], **kw).completion_ids
     alone = decode(model, prompts[1:], seeds=[22], **kw).completion_ids
     assert torch.equal(both[1, : alone.shape[1]], alone[0])

@@ -32,7 +32,8 @@ from sdft_ops.evaluation.suites import (
     load_suite_file,
     run_suites,
 )
-from sdft_ops.evaluation.suites_engine import encode_pair, greedy_generate, score_continuations
+from sdft_ops.engine.sampling import greedy_generate
+from sdft_ops.evaluation.suites_engine import encode_pair, score_continuations
 from sdft_ops.evaluation.suites_io import resource_path
 from sdft_ops.evaluation.suites_safety import is_refusal
 

@@ -19,7 +19,7 @@ from sdft_ops.data import Demonstration
 from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.config import TeacherContext
 from sdft_ops.engine.context import teacher_messages
-from sdft_ops.engine.sampling import decode
+from sdft_ops.engine.sampling import greedy_generate
 
 log = logging.getLogger(__name__)
 Scorer = Callable[[str, str], float]
@@ -46,14 +46,8 @@ class TeacherCeilingTooLow(RuntimeError):
 
 def _greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
             bf16: bool) -> list[str]:
-    answers = []
-    device = next(model.parameters()).device.type
-    amp = bf16_autocast(device, bf16)
-    for start in range(0, len(prompts), batch_size):
-        with amp:
-            out = decode(model, prompts[start : start + batch_size], max_new_tokens=max_new_tokens,
-                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
-        answers += tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+    with bf16_autocast(next(model.parameters()).device.type, bf16):
+        answers = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     return [a.strip() for a in answers]
 
 

@@ -50,7 +50,7 @@ from sdft_ops.engine.context import PreparedExample, prepare_examples
 from sdft_ops.engine.losses import completion_mask, sequence_mean, token_divergence
 from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.rollout import RolloutCheck, sample_completions, teacher_rows
-from sdft_ops.engine.sampling import left_pad, position_ids, row_seed
+from sdft_ops.engine.sampling import left_pad, position_ids, row_seed, stop_ids
 from sdft_ops.engine.teacher import Teacher
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -87,15 +87,15 @@ def completion_logits(model, prompt_ids, prompt_mask, completion) -> torch.Tenso
 
 
 def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
-              from_teacher: Sequence[bool], cfg: SDFTConfig, eos_id: int, pad_id: int,
+              from_teacher: Sequence[bool], cfg: SDFTConfig, eos_ids: Sequence[int], pad_id: int,
               check: RolloutCheck | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over `batch` of per-sequence mean loss (caller divides by the global batch)."""
     teacher_model = teacher.module(model)
     with _autocast(model, cfg.autocast_bf16):                                  # 1. rollout
         rollout = sample_completions(model, teacher_model, batch, seeds, from_teacher, cfg,
-                                     eos_id, pad_id, check)                    # per row: student or teacher
+                                     eos_ids, pad_id, check)                    # per row: student or teacher
     completion = rollout.ids                                                   # (B, T)
-    mask = completion_mask(completion, eos_id, cfg.skip_first_tokens)
+    mask = completion_mask(completion, eos_ids, cfg.skip_first_tokens)
     with torch.no_grad(), _autocast(model, cfg.autocast_bf16):                 # 2. teacher
         t_ids, t_mask = left_pad([e.teacher_prompt for e in batch], pad_id, completion.device)
         teacher_logits = completion_logits(teacher_model, t_ids, t_mask, completion)
@@ -111,7 +111,7 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
     loss_sum = sequence_mean(per_token, mask).sum()                            # 4. loss
     if cfg.sft_weight:  # the SFT anchor: + w × NLL of the demonstration
         loss_sum = loss_sum + cfg.sft_weight * sft_step(model, batch, cfg, pad_id)[0]
-    lengths = completion_mask(completion, eos_id, 0).sum(-1).float()
+    lengths = completion_mask(completion, eos_ids, 0).sum(-1).float()
     return loss_sum, {"tokens": float(lengths.sum()), "eos": float(rollout.finished.sum()),
                       "teacher_rollouts": float(rollout.from_teacher.sum()),
                       "replaced": float(rollout.replaced)}
@@ -189,7 +189,7 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         longest = max(len(e.target) for e in examples)
         cfg = cfg.model_copy(update={"max_new_tokens": min(
             cfg.max_new_tokens, math.ceil(cfg.demo_length_cap * longest))})
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos_ids, pad_id = stop_ids(model, tokenizer), tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -218,7 +218,7 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
             if teacher is not None:
                 seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
                 sources = teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in chunk])
-                loss_sum, stats = sdft_step(model, teacher, batch, seeds, sources, cfg, eos_id,
+                loss_sum, stats = sdft_step(model, teacher, batch, seeds, sources, cfg, eos_ids,
                                             pad_id, check)
             else:
                 loss_sum, stats = sft_step(model, batch, cfg, pad_id)

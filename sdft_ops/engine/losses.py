@@ -25,6 +25,7 @@ Estimators:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,11 +86,12 @@ def token_divergence(
     raise ValueError(f"unknown divergence {divergence!r}")
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_id: int, skip_first: int) -> torch.Tensor:
-    """(B, T) ids → (B, T) bool: tokens up to and including the first EOS, minus the first
-    `skip_first` tokens of each completion (the paper skips 3: the teacher's first tokens are
-    dominated by its context's phrasing)."""
-    is_eos = completion_ids == eos_id
+def completion_mask(completion_ids: torch.Tensor, eos_ids: int | Sequence[int], skip_first: int) -> torch.Tensor:
+    """(B, T) ids → (B, T) bool: tokens up to and including the first EOS (any of `eos_ids`),
+    minus the first `skip_first` tokens of each completion (the paper skips 3: the teacher's
+    first tokens are dominated by its context's phrasing)."""
+    stop = torch.tensor([eos_ids] if isinstance(eos_ids, int) else list(eos_ids), device=completion_ids.device)
+    is_eos = torch.isin(completion_ids, stop)
     eos_before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()  # EOS strictly before t
     valid = eos_before == 0
     positions = torch.arange(completion_ids.shape[-1], device=completion_ids.device)

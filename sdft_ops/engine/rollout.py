@@ -64,15 +64,15 @@ def _stack(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
     return out
 
 
-def _strip(row: torch.Tensor, eos_id: int) -> list[int]:
+def _strip(row: torch.Tensor, eos_ids: Sequence[int]) -> list[int]:
     tokens = row.tolist()
-    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
+    return tokens[: next((t for t, token in enumerate(tokens) if token in eos_ids), len(tokens))]
 
 
 @torch.no_grad()
 def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
                        seeds: Sequence[int], from_teacher: Sequence[bool], cfg: SDFTConfig,
-                       eos_id: int, pad_id: int, check: RolloutCheck | None = None) -> Completions:
+                       eos_ids: Sequence[int], pad_id: int, check: RolloutCheck | None = None) -> Completions:
     """One completion per example, each from its source (student prompt or teacher prompt)."""
     rows: list[torch.Tensor | None] = [None] * len(batch)
     finished = [False] * len(batch)
@@ -82,7 +82,7 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
             continue
         model = teacher_model if use_teacher else student
         prompts = [batch[i].teacher_prompt if use_teacher else batch[i].student_prompt for i in idx]
-        out = decode(model, prompts, max_new_tokens=cfg.max_new_tokens, eos_id=eos_id,
+        out = decode(model, prompts, max_new_tokens=cfg.max_new_tokens, eos_ids=eos_ids,
                      pad_id=pad_id, top_p=cfg.top_p, seeds=[seeds[i] for i in idx],
                      temperature=cfg.teacher_temperature if use_teacher else cfg.temperature)
         for j, i in enumerate(idx):
@@ -91,7 +91,7 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
     if cfg.rollout_filter == "scorer":
         assert check is not None  # train() refuses rollout_filter without a check
         for i, example in enumerate(batch):
-            if from_teacher[i] and not check(_strip(rows[i], eos_id), example):
+            if from_teacher[i] and not check(_strip(rows[i], eos_ids), example):
                 rows[i] = torch.tensor(example.target, device=rows[i].device)
                 finished[i], replaced = True, replaced + 1
     device = rows[0].device

@@ -1,4 +1,9 @@
-"""Batched decoding with a KV cache: the student's on-policy samples, and greedy answers.
+"""The one decoder: batched decoding with a KV cache, for rollouts and every greedy answer.
+
+`decode` samples (training rollouts, student and teacher) or decodes greedily; `greedy_generate`
+is its batched greedy form returning text, used by the teacher ceiling, every generation suite,
+the frozen-answer scripts and the CLI, so that a model answers a prompt the same way wherever it
+is asked. One stop rule (`stop_ids`): the tokenizer's EOS and the generation config's EOS ids.
 
 One loop instead of `generate()`: it is where an SDFT step spends most of its time, and owning
 it gives per-example sampling seeds. Each row draws its Gumbel noise from its own generator
@@ -38,6 +43,16 @@ def row_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def stop_ids(model, tokenizer) -> tuple[int, ...]:
+    """The EOS ids a completion ends at: the tokenizer's EOS and the generation config's."""
+    config = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, *(config if isinstance(config, list | tuple) else [config])}
+    ids.discard(None)
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token and the model's generation config names none")
+    return tuple(sorted(ids))
+
+
 @dataclass
 class Rollout:
     prompt_ids: torch.Tensor  # (B, P) left-padded
@@ -60,7 +75,7 @@ def decode(
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
-    eos_id: int,
+    eos_ids: Sequence[int],
     pad_id: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -79,6 +94,7 @@ def decode(
                 use_cache=True, logits_to_keep=1)
     # transformers ≥ 5.24 names the KV cache `cache` (in and out); we require that version
     cache, attn, pos = out.cache, mask, position_ids(mask)[:, -1:]
+    stop = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens_out = []
     for _ in range(max_new_tokens):
@@ -95,7 +111,7 @@ def decode(
             next_tokens = (logits + gumbel).argmax(-1)
         next_tokens = next_tokens.masked_fill(finished, pad_id)
         tokens_out.append(next_tokens)
-        finished |= next_tokens == eos_id
+        finished |= torch.isin(next_tokens, stop)
         if bool(finished.all()):
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
@@ -104,3 +120,24 @@ def decode(
                     cache=cache, use_cache=True)
     model.train(was_training)
     return Rollout(ids, mask, torch.stack(tokens_out, dim=1), finished)
+
+
+def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    batch_size: int = 16) -> list[str]:
+    """Greedy continuations of tokenized prompts (longest first, in batches of `batch_size`),
+    cut at the first stop id and decoded without special tokens, in prompt order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    eos_ids, pad = stop_ids(model, tokenizer), tokenizer.pad_token_id
+    pad = eos_ids[0] if pad is None else pad
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        out = decode(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                     eos_ids=eos_ids, pad_id=pad)
+        for row, i in enumerate(batch):
+            tokens = out.completion_ids[row].tolist()
+            cut = next((t for t, token in enumerate(tokens) if token in eos_ids), len(tokens))
+            texts[i] = tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+    return texts

@@ -42,12 +42,8 @@ from sdft_ops.chat import Messages, encode_chat
 from sdft_ops.data import NonEmptyStr, Prompt
 from sdft_ops.evaluation.scorers import NO_JSON, Scorer, extract_json, get_scorer
 from sdft_ops.evaluation.suites_drift import DriftItem, DriftSuite, load_drift_file
-from sdft_ops.evaluation.suites_engine import (
-    encode_pair,
-    greedy_generate,
-    pad_id,
-    score_continuations,
-)
+from sdft_ops.engine.sampling import greedy_generate
+from sdft_ops.evaluation.suites_engine import encode_pair, pad_id, score_continuations
 from sdft_ops.evaluation.suites_ifeval import (
     CHECKERS,
     IFItem,

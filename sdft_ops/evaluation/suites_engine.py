@@ -18,8 +18,8 @@ Batching, two stages per chunk of requests, both right-padded:
      the context's padding masked out. Skipped when every continuation is one token (MMLU).
 Scores equal one-request-at-a-time scoring up to float rounding (tested).
 
-Generation (`greedy_generate`): prompts left-padded into batches, `model.generate` greedy with the
-KV cache, new tokens decoded without special tokens.
+Generation: `sdft_ops.engine.sampling.greedy_generate`, the engine's own decoder (one stop rule
+for training rollouts, the teacher ceiling, every suite and the CLI).
 """
 
 from __future__ import annotations
@@ -239,55 +239,3 @@ def _score_chunk(model, chunk, requests, results, pad_token_id, device) -> None:
         logprobs = [first_lp[r]] + (rest_lp[r][:n_rest] if n_rest else [])
         greedy = [first_greedy[r]] + (rest_greedy[r][:n_rest] if n_rest else [])
         results[index] = TokenScores(tuple(logprobs), tuple(bool(g) for g in greedy))
-
-
-def greedy_generate(
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    batch_size: int = 16,
-) -> list[str]:
-    """Greedy continuations of tokenized prompts, batched with left padding and the KV cache.
-
-    Stops at the tokenizer's EOS (and the model's generation-config EOS ids); returns the new
-    text decoded without special tokens, in prompt order.
-    """
-    import torch
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pad = pad_id(tokenizer)
-    eos_ids = {tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
-    eos_ids.discard(None)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    texts: list[str] = [""] * len(prompts)
-    device = model.device
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                n = len(prompts[i])
-                ids[row, width - n :] = torch.tensor(list(prompts[i]), dtype=torch.long)
-                mask[row, width - n :] = 1
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=pad,
-                eos_token_id=sorted(eos_ids),
-            )
-            for row, i in enumerate(batch):
-                texts[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
-    return texts
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]

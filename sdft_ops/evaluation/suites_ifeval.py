@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdft_ops.chat import encode_chat
 from sdft_ops.data import NonEmptyStr
-from sdft_ops.evaluation.suites_engine import greedy_generate
+from sdft_ops.engine.sampling import greedy_generate
 from sdft_ops.evaluation.suites_io import read_records
 from sdft_ops.evaluation.types import SuiteKind, SuiteResult
 

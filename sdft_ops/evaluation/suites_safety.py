@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict
 
 from sdft_ops.chat import encode_chat
 from sdft_ops.data import NonEmptyStr
-from sdft_ops.evaluation.suites_engine import greedy_generate, pad_id, score_continuations
+from sdft_ops.engine.sampling import greedy_generate
+from sdft_ops.evaluation.suites_engine import pad_id, score_continuations
 from sdft_ops.evaluation.suites_io import read_records
 from sdft_ops.evaluation.types import SuiteKind, SuiteResult
 
