@@ -57,7 +57,13 @@ from sdft_ops.ledger import (  # noqa: F401  (RegistryError, StalePromotionError
     StalePromotionError,
     champion_stack,
 )
-from sdft_ops.tracking import DEFAULT_EXPERIMENT, code_version, ensure_experiment, ready_tracking_uri
+from sdft_ops.settings import TrackingConfig
+from sdft_ops.tracking import (
+    DEFAULT_EXPERIMENT,
+    code_version,
+    ensure_experiment,
+    ready_tracking_uri,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -68,7 +74,7 @@ if TYPE_CHECKING:
     from sdft_ops.settings import UpdateConfig
     from sdft_ops.update_state import Parent
 
-DEFAULT_MODEL_NAME = "sdft-ops-policy"
+DEFAULT_MODEL_NAME = TrackingConfig.model_fields["model_name"].default  # the schema owns defaults
 CANDIDATE, CHAMPION = "candidate", "champion"
 NO_PARENT = "none"  # parent_version tag of a version with no parent (the first one)
 POLICY_CODE = Path(__file__).with_name("policy_model.py")

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sdft_ops.home import data_home
+from sdft_ops.settings import TrackingConfig
 
 if TYPE_CHECKING:  # mlflow is imported inside functions: the Dagster code server imports this module
     from mlflow import MlflowClient
@@ -53,7 +54,7 @@ if TYPE_CHECKING:  # mlflow is imported inside functions: the Dagster code serve
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "sdft-ops"
+DEFAULT_EXPERIMENT = TrackingConfig.model_fields["experiment"].default  # the schema owns defaults
 MLFLOW_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 TAG_PARENT_RUN = "sdft_ops.parent_run_id"
