@@ -10,21 +10,17 @@ Rules beyond the JSON types:
 
 * `domain` is an identifier, because it names files and suites (`domains/<domain>.json`,
   `domain/<domain>`): `^[a-z0-9][a-z0-9_.-]{0,63}$` and no `..` (no path separators, no
-  uppercase). Code that builds a path from data uses `inside(root, *parts)`.
+  uppercase). Code that builds a path from data uses `sdft_ops.home.inside(root, *parts)`.
 * text fields (`id`, `prompt`, chat `content`, `demonstration`, `domain`) must hold a visible
   character: text made only of whitespace, control or format characters (Unicode Cc, Cf, Zs,
   Zl, Zp, lone surrogates; NUL, U+200B, U+202E, ...) or fillers such as U+3164 is blank.
 * a chat prompt is an optional leading `system` turn, then `user` / `assistant` alternating,
   starting and ending with `user`.
 
-Limits, enforced before or during JSON parsing so that every bad line is a `DemoDataError`
-naming its file and line, never a RecursionError or ValueError from the parser:
-
-* a line is at most `LoadOptions.max_line_bytes` (default 1,000,000) bytes, a file at most
-  `LoadOptions.max_file_bytes` (default 1 GiB);
-* JSON nesting (objects + arrays) at most `MAX_JSON_DEPTH` = 64 levels deep;
-* integer literals at most `MAX_INT_DIGITS` = 100 digits; NaN, Infinity and numbers that
-  overflow a float are refused (JSON has no non-finite numbers).
+Limits (`sdft_ops.jsonl`): every bad line is a `DemoDataError` naming its file and line, never a
+RecursionError or ValueError from the parser. A line is at most `LoadOptions.max_line_bytes`
+(1,000,000) bytes, a file at most `LoadOptions.max_file_bytes` (1 GiB); JSON nesting at most
+`MAX_JSON_DEPTH` = 64 levels; integers at most `MAX_INT_DIGITS` = 100 digits; no NaN / Infinity.
 """
 
 from __future__ import annotations
@@ -32,24 +28,31 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
-from pydantic import ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from sdft_ops.jsonl import LimitError, field_path, json_type, loads_bounded, text_lines
 
 log = logging.getLogger(__name__)
 
 DuplicatePolicy = Literal["error", "keep_first", "keep_all"]
 
-MAX_JSON_DEPTH = 64  # nesting of objects + arrays in one line
-MAX_INT_DIGITS = 100  # digits of one integer literal (Python refuses > 4300 with a ValueError)
 DOMAIN_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
 _INVISIBLE_LETTERS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}  # blank-looking fillers
@@ -80,21 +83,6 @@ def _domain_name(value: str) -> str:
 
 NonEmptyStr = Annotated[str, AfterValidator(_not_blank)]
 DomainName = Annotated[str, AfterValidator(_not_blank), AfterValidator(_domain_name)]
-
-
-def inside(root: str | os.PathLike, *parts: str | os.PathLike) -> Path:
-    """`root / parts...` resolved (symlinks and `..` followed); ValueError if it leaves `root`.
-
-    Use it for every path built from data (a domain name, an update id):
-    `inside(home / "domains", f"{domain}.json")`.
-    """
-    base = Path(root).resolve()
-    target = base.joinpath(*parts).resolve()
-    if not target.is_relative_to(base):
-        shown = "/".join(str(part) for part in parts)
-        raise ValueError(f"path {shown!r} leads outside {base} (to {target}); names taken from "
-                         "data must not contain '..', '/' or absolute paths")
-    return target
 
 
 class ChatMessage(BaseModel):
@@ -130,7 +118,6 @@ def _prompt_kind(value: Any) -> str | None:
     return "text" if isinstance(value, str) else "chat" if isinstance(value, list | tuple) else None
 
 
-_PROMPT_TAGS = {"text", "chat"}  # union tags pydantic puts in error locations; not field names
 
 Prompt = Annotated[
     Annotated[NonEmptyStr, Tag("text")]
@@ -296,53 +283,6 @@ class DemoDataset(BaseModel):
         return target
 
 
-def _text_lines(handle: BinaryIO, max_bytes: int) -> Iterator[tuple[int, str | None, str]]:
-    """Yield (line_no, text without newline or None, why it is None). Reads at most
-    max_bytes + 2 bytes of a line at once, so one huge line can't exhaust memory."""
-    line_no = offset = 0
-    limit = max_bytes + 2  # room for "\r\n"
-    while chunk := handle.readline(limit):
-        line_no += 1
-        start, size, tail = offset, len(chunk), chunk
-        if not chunk.endswith(b"\n") and size == limit:  # too long: read on to the line's end
-            while (tail := handle.readline(65536)) and not tail.endswith(b"\n"):
-                size += len(tail)
-            size += len(tail)
-        offset += size
-        length = size - (len(tail) - len(tail.removesuffix(b"\n").removesuffix(b"\r")))
-        if length > max_bytes:
-            yield line_no, None, (f"line is {length} bytes, over max_line_bytes={max_bytes}; "
-                                  "shorten it or raise LoadOptions.max_line_bytes")
-            continue
-        body = chunk[:length]
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield line_no, None, (f"not valid UTF-8: byte 0x{body[exc.start]:02x} at byte "
-                                  f"{exc.start} of the line (file byte offset {start + exc.start})"
-                                  "; re-save the file as UTF-8")
-            continue
-        # Some editors start a file with a BOM; it isn't data.
-        yield line_no, (text.removeprefix("\ufeff") if line_no == 1 else text), ""
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def field_path(loc: tuple[str | int, ...]) -> str | None:
-    """('prompt', 'chat', 1, 'content') -> 'prompt[1].content'."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part not in _PROMPT_TAGS:
-            path += f".{part}" if path else part
-    return path or None
-
-
 def _friendly(error: dict[str, Any]) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "missing":
@@ -352,75 +292,24 @@ def _friendly(error: dict[str, Any]) -> str:
         model, hint = (ChatMessage, "") if in_chat else (Demonstration, "; put extras in metadata")
         return f"unknown field (allowed: {', '.join(model.model_fields)}){hint}"
     if kind in {"string_type", "dict_type", "prompt_type", "model_type"}:
-        return f"{msg[0].lower()}{msg[1:]}, got {_json_type(error['input'])}"
+        return f"{msg[0].lower()}{msg[1:]}, got {json_type(error['input'])}"
     return msg.removeprefix("Value error, ")
-
-
-def validation_error_lines(error: ValidationError, source: str | os.PathLike) -> list[str]:
-    """One `source: field.path: message` line per pydantic error (no URLs, no input dumps);
-    a model-level error has no field: `source: message`."""
-    lines = []
-    for e in error.errors(include_url=False):
-        where = field_path(e["loc"])
-        lines.append(f"{source}: {where + ': ' if where else ''}{e['msg'].removeprefix('Value error, ')}")
-    return lines
-
-
-class _LimitError(ValueError):
-    """A line breaks one of the module's documented parse limits."""
-
-
-_STRING_LITERAL = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)  # possessive: linear time
-_BRACKETS = re.compile(r"[\[\]{}]")
-
-
-def _check_depth(text: str) -> None:
-    # Strings are blanked first so brackets inside them don't count; brackets outside strings
-    # decide the nesting. Runs before json.loads, whose C scanner recurses per level.
-    depth = 0
-    for bracket in _BRACKETS.findall(_STRING_LITERAL.sub('""', text)):
-        depth += 1 if bracket in "[{" else -1
-        if depth > MAX_JSON_DEPTH:
-            raise _LimitError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels; flatten the record "
-                              "(metadata is for small annotations)")
-
-
-def _parse_int(literal: str) -> int:
-    digits = len(literal.lstrip("-"))
-    if digits > MAX_INT_DIGITS:
-        raise _LimitError(f"integer literal with {digits} digits, over the limit of {MAX_INT_DIGITS}; "
-                          "store big numbers as strings")
-    return int(literal)
-
-
-def _parse_float(literal: str) -> float:
-    value = float(literal)
-    if not math.isfinite(value):
-        raise _LimitError(f"number {literal[:40]}{'…' if len(literal) > 40 else ''} overflows a "
-                          "float; store it as a string")
-    return value
-
-
-def _parse_constant(name: str) -> float:
-    raise _LimitError(f"{name} is not valid JSON; write null or a string instead")
 
 
 def _parse_record(text: str) -> tuple[Demonstration | None, list[tuple[str | None, str]]]:
     """One non-blank line -> (the record, or None if it has problems; [(field, message), ...])."""
     try:
-        _check_depth(text)
-        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
-                         parse_constant=_parse_constant)
+        obj = loads_bounded(text)
     except json.JSONDecodeError as exc:
         return None, [(None, f"malformed JSON: {exc.msg} (column {exc.colno}); each non-blank "
                              "line must be one complete JSON object")]
-    except _LimitError as exc:
+    except LimitError as exc:
         return None, [(None, str(exc))]
     except (ValueError, RecursionError) as exc:  # backstop: no parser error escapes as a crash
         return None, [(None, f"cannot parse the line as JSON ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:200]}); write one JSON object per line")]
     if not isinstance(obj, dict):
-        return None, [(None, f"expected a JSON object {{...}}, got {_json_type(obj)}")]
+        return None, [(None, f"expected a JSON object {{...}}, got {json_type(obj)}")]
     try:
         record = Demonstration.model_validate(obj)
         _canonical(record.model_dump(mode="json")).encode("utf-8")  # hashing needs encodable text
@@ -461,7 +350,7 @@ def load_demonstrations(
             problem(None, None, f"file is {size} bytes, over max_file_bytes="
                     f"{options.max_file_bytes}; split it or raise LoadOptions.max_file_bytes")
             raise DemoDataError(problems)
-        for line_no, text, unreadable in _text_lines(handle, options.max_line_bytes):
+        for line_no, text, unreadable in text_lines(handle, options.max_line_bytes):
             if text is not None and not text.strip():
                 continue  # blank lines are allowed
             saw_content = True

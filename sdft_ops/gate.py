@@ -41,7 +41,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sdft_ops.data import validation_error_lines
+from sdft_ops.jsonl import validation_error_lines
 from sdft_ops.evaluation.metrics import Retention, bootstrap_ci, retention
 from sdft_ops.evaluation.report import EvalReport
 from sdft_ops.evaluation.types import SuiteResult

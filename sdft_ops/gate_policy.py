@@ -53,7 +53,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sdft_ops.data import validation_error_lines
+from sdft_ops.jsonl import validation_error_lines
 
 SuiteClass = Literal["prior", "safety", "domain"]
 RuleName = Literal["min_score", "max_drop", "max_relative_drop", "min_retention_ci_low", "min_gain",

@@ -18,3 +18,18 @@ def data_home(override: str | os.PathLike | None = None) -> Path:
     home = Path(raw).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def inside(root: str | os.PathLike, *parts: str | os.PathLike) -> Path:
+    """`root / parts...` resolved (symlinks and `..` followed); ValueError if it leaves `root`.
+
+    Use it for every path built from data (a domain name, an update id):
+    `inside(home / "domains", f"{domain}.json")`.
+    """
+    base = Path(root).resolve()
+    target = base.joinpath(*parts).resolve()
+    if not target.is_relative_to(base):
+        shown = "/".join(str(part) for part in parts)
+        raise ValueError(f"path {shown!r} leads outside {base} (to {target}); names taken from "
+                         "data must not contain '..', '/' or absolute paths")
+    return target

@@ -67,7 +67,7 @@ class UpdateState(BaseModel):
 
 def update_dir(home: Path, update_id: str) -> Path:
     """`<home>/updates/<update_id>`; an id that would lead outside it is refused."""
-    from sdft_ops.data import inside
+    from sdft_ops.home import inside
 
     return inside(Path(home) / "updates", update_id)
 

@@ -7,13 +7,13 @@ import json
 
 import pytest
 
+from sdft_ops.home import inside
 from sdft_ops.data import (
     ChatMessage,
     DemoDataError,
     DemoDataset,
     Demonstration,
     LoadOptions,
-    inside,
     load_demonstrations,
 )
 

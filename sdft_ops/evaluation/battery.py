@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sdft_ops.data import DemoDataset, inside
+from sdft_ops.data import DemoDataset
 from sdft_ops.domains import DOMAINS, load_shipped, reference_for
 from sdft_ops.evaluation.report import EvalReport, build_report
 from sdft_ops.evaluation.scorers import get_scorer
 from sdft_ops.evaluation.suites import GenerationSuite, GenItem, load_suite_file
 from sdft_ops.evaluation.types import SuiteResult, hash_item_ids
 from sdft_ops.gate import DOMAIN_PREFIX
+from sdft_ops.home import inside
 from sdft_ops.settings import UpdateConfig
 from sdft_ops.update_state import Parent
 

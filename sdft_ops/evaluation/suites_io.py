@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sdft_ops.data import DataProblem, field_path
+from sdft_ops.data import DataProblem
+from sdft_ops.jsonl import field_path
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
