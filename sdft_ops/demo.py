@@ -209,7 +209,7 @@ def log_summary_run(registry, lines: list[str], plot: Path, demo_json: Path | No
     demo.json, so the chain's result is browsable where its updates are."""
     import tempfile
 
-    from sdft_ops.tracking import ensure_experiment
+    from sdft_ops.mlflow_store import ensure_experiment
 
     client = registry.client
     experiment = ensure_experiment(client, registry.experiment, registry.tracking_uri, registry.home)

@@ -44,7 +44,6 @@ import re
 import tempfile
 import warnings
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -58,12 +57,18 @@ from sdft_ops.ledger import (  # noqa: F401  (RegistryError, StalePromotionError
     champion_stack,
 )
 from sdft_ops.settings import TrackingConfig
-from sdft_ops.tracking import (
-    DEFAULT_EXPERIMENT,
-    code_version,
-    ensure_experiment,
-    ready_tracking_uri,
+from sdft_ops.mlflow_store import ensure_experiment, ready_tracking_uri
+from sdft_ops.policy_package import (  # noqa: F401  (check_model_folder, load_champion: this module's API too)
+    CANDIDATE,
+    CHAMPION,
+    POLICY_CODE,
+    check_model_folder,
+    load_champion,
+    not_found,
+    pip_requirements,
+    policy_signature,
 )
+from sdft_ops.tracking import DEFAULT_EXPERIMENT, TAG_CODE_VERSION, TAG_PARENT_VERSION, code_version
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -75,16 +80,11 @@ if TYPE_CHECKING:
     from sdft_ops.update_state import Parent
 
 DEFAULT_MODEL_NAME = TrackingConfig.model_fields["model_name"].default  # the schema owns defaults
-CANDIDATE, CHAMPION = "candidate", "champion"
 NO_PARENT = "none"  # parent_version tag of a version with no parent (the first one)
-POLICY_CODE = Path(__file__).with_name("policy_model.py")
-REQUIRED_PACKAGES = ("torch", "transformers", "safetensors")
 
-TAG_PARENT_VERSION = "sdft_ops.parent_version"
 TAG_DATASET_HASH = "sdft_ops.dataset_hash"
 TAG_METHOD = "sdft_ops.method"
 TAG_BASE_MODEL = "sdft_ops.base_model"
-TAG_CODE_VERSION = "sdft_ops.code_version"
 TAG_GATE_VERDICT = "sdft_ops.gate_verdict"
 TAG_GATE_REASONS = "sdft_ops.gate_reasons"
 TAG_ROLLED_BACK = "sdft_ops.rolled_back_at"
@@ -94,38 +94,6 @@ TAG_DOMAIN = "sdft_ops.domain"
 MAX_TAG_VALUE_LENGTH = 5000  # MLflow's limit for model version tag values
 
 Method = Literal["sdft", "sft"]
-_WEIGHT_SUFFIXES_REFUSED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-def pip_requirements() -> list[str]:
-    """torch, transformers, safetensors pinned to the installed versions (local tags like +cpu dropped)."""
-    return [f"{dist}=={metadata.version(dist).split('+')[0]}" for dist in REQUIRED_PACKAGES]
-
-
-def _signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from sdft_ops.policy_model import DEFAULT_MAX_NEW_TOKENS
-
-    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
-                          params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]))
-
-
-def check_model_folder(folder: str | os.PathLike) -> Path:
-    """A `save_trained_model` folder: config.json and safetensors weights, no pickle weights."""
-    folder = Path(folder)
-    if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} is not a model folder (no config.json); register the folder written "
-                         "by sdft_ops.engine.checkpoint.save_trained_model")
-    if not any(folder.glob("*.safetensors")):
-        raise ValueError(f"{folder} has no *.safetensors weights; save the model with "
-                         "save_pretrained(..., safe_serialization=True)")
-    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES_REFUSED)
-    if pickled:
-        raise ValueError(f"{folder} holds pickle-format files {pickled}; only safetensors are registered — "
-                         "remove them (the safetensors weights are enough)")
-    return folder
 
 
 def _slug(name: str) -> str:
@@ -137,11 +105,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return os.environ.get("USER") or "unknown"
-
-
-def _not_found(e: Exception) -> bool:
-    return getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE",
-                                            "NOT_FOUND")
 
 
 class _Parent:  # sentinel type: "the candidate's parent_version tag"
@@ -186,7 +149,7 @@ class PolicyRegistry:
         try:
             return str(self.client.get_model_version_by_alias(self.name, alias).version)
         except MlflowException as e:
-            if _not_found(e):
+            if not_found(e):
                 return None
             raise
 
@@ -203,7 +166,7 @@ class PolicyRegistry:
         try:
             return self.client.get_model_version(self.name, str(version))
         except MlflowException as e:
-            if _not_found(e):
+            if not_found(e):
                 raise ValueError(f"{self.name} has no version {version!r} in {self.tracking_uri}; "
                                  "list versions with `mlflow models` or the UI") from e
             raise
@@ -256,7 +219,7 @@ class PolicyRegistry:
         try:
             self.client.get_registered_model(self.name)
         except MlflowException as e:
-            if not _not_found(e):
+            if not not_found(e):
                 raise
             try:
                 self.client.create_registered_model(
@@ -307,7 +270,7 @@ class PolicyRegistry:
                 warnings.simplefilter("ignore", UserWarning)  # type-hint / input-example nags
                 mlflow.pyfunc.save_model(Path(tmp) / "policy", python_model=str(POLICY_CODE),
                                          artifacts={"model_dir": str(folder)},
-                                         pip_requirements=pip_requirements(), signature=_signature(),
+                                         pip_requirements=pip_requirements(), signature=policy_signature(),
                                          metadata={"sdft_ops_model_name": self.name})
                 self.client.log_model_artifacts(logged.model_id, str(Path(tmp) / "policy"))
         except BaseException:
@@ -433,27 +396,3 @@ class PolicyRegistry:
 
     def load_champion(self, dst_path: str | os.PathLike | None = None) -> "PyFuncModel":
         return load_champion(self.name, self.tracking_uri, home=self.home, dst_path=dst_path)
-
-
-def load_champion(name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None, *,
-                  home: str | os.PathLike | None = None, dst_path: str | os.PathLike | None = None,
-                  alias: str = CHAMPION) -> "PyFuncModel":
-    """`models:/<name>@champion` as a pyfunc model, resolved through an explicit client (works
-    with a local sqlite store and a remote server alike, without touching the global URI)."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    uri = ready_tracking_uri(tracking_uri, home)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        version = client.get_model_version_by_alias(name, alias).version
-    except MlflowException as e:
-        if _not_found(e):
-            raise LookupError(f"models:/{name}@{alias} does not exist in {uri}; promote a version "
-                              "first (PolicyRegistry.promote)") from e
-        raise
-    source = client.get_model_version_download_uri(name, str(version))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri,
-                                                dst_path=None if dst_path is None else str(dst_path))
-    return mlflow.pyfunc.load_model(local)

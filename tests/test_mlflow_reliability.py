@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sdft_ops.tracking import TrackingUnreachable, resolve_tracking_uri
+from sdft_ops.mlflow_store import TrackingUnreachable, resolve_tracking_uri
 
 
 def _free_port() -> int:

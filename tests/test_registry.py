@@ -27,7 +27,7 @@ from sdft_ops.registry import (
     check_model_folder,
     load_champion,
 )
-from sdft_ops.tracking import tracking_uri
+from sdft_ops.mlflow_store import tracking_uri
 
 PROMPTS = ["What is the capital of France?", "Call the tool"]
 

@@ -11,6 +11,7 @@ import yaml
 from sdft_ops.evaluation.report import build_report
 from sdft_ops.evaluation.types import SuiteResult
 from sdft_ops.gate import GatePolicy, decide
+from sdft_ops.mlflow_store import resolve_tracking_uri, tracking_uri
 from sdft_ops.tracking import (
     TAG_CHAIN,
     TAG_CHAIN_DEPTH,
@@ -25,10 +26,8 @@ from sdft_ops.tracking import (
     log_eval_artifacts,
     log_eval_report,
     metric_key,
-    resolve_tracking_uri,
     start_update_run,
     system_metrics_available,
-    tracking_uri,
 )
 
 
