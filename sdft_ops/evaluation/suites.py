@@ -170,7 +170,7 @@ class GenerationSuite:
     scorer: Scorer | str = "exact_match"
     max_new_tokens: int = 128
     binary: bool = True
-    decode_batch_size: int | None = None  # prompts per generate() call; None: run's batch_size
+    decode_batch_size: int | None = None  # prompts per greedy_generate batch; None: run's batch_size
     kind: SuiteKind = "generation"
 
     @classmethod

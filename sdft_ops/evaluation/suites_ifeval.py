@@ -229,7 +229,7 @@ class InstructionFollowingSuite:
     name: str
     items: tuple[IFItem, ...]
     max_new_tokens: int = 128
-    decode_batch_size: int | None = None  # prompts per generate() call; None: run's batch_size
+    decode_batch_size: int | None = None  # prompts per greedy_generate batch; None: run's batch_size
     kind: SuiteKind = "instruction_following"
 
     def __len__(self) -> int:

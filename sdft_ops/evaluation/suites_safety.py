@@ -98,7 +98,7 @@ class SafetySuite:
     max_new_tokens: int = 32
     refusal_answer: str = REFUSAL_ANSWER
     compliant_answer: str = COMPLIANT_ANSWER
-    decode_batch_size: int | None = None  # prompts per generate() call; None: run's batch_size
+    decode_batch_size: int | None = None  # prompts per greedy_generate batch; None: run's batch_size
     kind: SuiteKind = "safety"
 
     def __len__(self) -> int:
