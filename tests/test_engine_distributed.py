@@ -4,9 +4,10 @@ same weights as one process with the same global batch.
 accelerate 1.x's `--cpu` flag starts a single process unless MPI is set up (its simple
 launcher), so the two CPU processes are started with `--multi_gpu`, which uses torchrun; with
 no GPU present the engine joins the process group with gloo. Tolerance 1e-5: the two runs sum
-gradients in a different order (all_reduce vs one batch), nothing else differs — samples are
+gradients in a different order (DDP's all-reduce vs one batch), nothing else differs — samples are
 seeded per example, so both runs train on identical tokens."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,13 +28,21 @@ def _run(cmd, env):
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
                     reason="accelerate CLI not installed")
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("overrides", [
+    {},  # SDFT as the paper: student rollouts
+    {"method": "sft"},
+    # teacher/student mix, the SFT anchor (a second forward in the same backward) and gradient
+    # accumulation (DDP's no_sync on all but the last micro-batch)
+    {"rollout": "mixed", "student_fraction": 0.5, "sft_weight": 0.5, "grad_accum_steps": 2},
+], ids=["sdft", "sft", "sdft-mixed-anchor-accum"])
+def test_two_processes_match_one(tmp_path, overrides):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    _run([sys.executable, str(SCRIPT), str(tmp_path / "one.safetensors")], env)
+    extra = [json.dumps(overrides)]
+    _run([sys.executable, str(SCRIPT), str(tmp_path / "one.safetensors"), *extra], env)
     accelerate = str(Path(sys.executable).parent / "accelerate")
     _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-          str(SCRIPT), str(tmp_path / "two.safetensors")], env)
+          str(SCRIPT), str(tmp_path / "two.safetensors"), *extra], env)
     one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     initial = __import__("sdft_ops.tiny", fromlist=["build_tiny"]).build_tiny(seed=0)[0]
     moved = any(not torch.equal(one[n], p) for n, p in initial.named_parameters())

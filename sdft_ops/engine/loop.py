@@ -23,7 +23,9 @@ Deviations from the paper / official code, all deliberate:
   - LoRA EMA is exact on the effective weights (see teacher.py).
 
 Multi-process: run the same code under `accelerate launch` / `torchrun`; each rank takes its
-share of the global batch and gradients are summed with all_reduce (gloo on CPU, nccl on GPU).
+share of the global batch, and torch DDP synchronises the gradients (bucketed, overlapped with
+backward; gloo on CPU, nccl on GPU). Only the student's forward with grad goes through the DDP
+wrapper (`grad_model`): rollouts and the teacher need no gradient sync.
 
   from sdft_ops.engine import SDFTConfig, train
   result = train(model, tokenizer, demos, SDFTConfig(max_steps=40), output_dir="ckpt/")
@@ -31,6 +33,7 @@ share of the global batch and gradients are summed with all_reduce (gloo on CPU,
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -88,8 +91,9 @@ def completion_logits(model, prompt_ids, prompt_mask, completion) -> torch.Tenso
 
 def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
               from_teacher: Sequence[bool], cfg: SDFTConfig, eos_ids: Sequence[int], pad_id: int,
-              check: RolloutCheck | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over `batch` of per-sequence mean loss (caller divides by the global batch)."""
+              check: RolloutCheck | None = None, grad_model=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over `batch` of per-sequence mean loss (caller divides by the global batch).
+    `grad_model`: what the student's forward with grad runs through (the DDP wrapper)."""
     teacher_model = teacher.module(model)
     with _autocast(model, cfg.autocast_bf16):                                  # 1. rollout
         rollout = sample_completions(model, teacher_model, batch, seeds, from_teacher, cfg,
@@ -101,7 +105,7 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
         teacher_logits = completion_logits(teacher_model, t_ids, t_mask, completion)
     with _autocast(model, cfg.autocast_bf16):                                  # 3. student
         s_ids, s_mask = left_pad([e.student_prompt for e in batch], pad_id, completion.device)
-        student_logits = completion_logits(model, s_ids, s_mask, completion)
+        student_logits = completion_logits(grad_model or model, s_ids, s_mask, completion)
     per_token = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
                                  jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
     if cfg.teacher_rollout_loss == "nll":  # teacher rows: NLL of the teacher's sampled tokens
@@ -117,7 +121,7 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
                       "replaced": float(rollout.replaced)}
 
 
-def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: int):
+def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: int, grad_model=None):
     """Cross-entropy on the demonstration tokens only (the prompt is never a label)."""
     width = max(len(e.target) for e in batch)
     target = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -129,7 +133,7 @@ def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: i
                                                               device=device).unsqueeze(-1)
     prompt_ids, prompt_mask = left_pad([e.student_prompt for e in batch], pad_id, device)
     with _autocast(model, cfg.autocast_bf16):
-        logits = completion_logits(model, prompt_ids, prompt_mask, target)
+        logits = completion_logits(grad_model or model, prompt_ids, prompt_mask, target)
     nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
     return sequence_mean(nll, mask).sum(), {"tokens": float(mask.sum()), "eos": float(len(batch)),
                                             "teacher_rollouts": 0.0, "replaced": 0.0}
@@ -201,6 +205,8 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         start = load_checkpoint(last, model=model, teacher=teacher,
                                 optimizer=optimizer, scheduler=scheduler,
                                 fingerprint=cfg.fingerprint())
+    # DDP averages gradients over ranks; the loss below is a sum over the global batch: × world
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else None
     model.train()
     result, began = TrainResult(steps=total, seconds=0.0,
                                 demo_tokens_cut=sum(e.demo_tokens_cut for e in examples),
@@ -213,23 +219,23 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         micro = len(mine) // cfg.grad_accum_steps
         optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(5)  # loss sum, completion tokens, ending in EOS, teacher rollouts, replaced
-        for chunk in (mine[i : i + micro] for i in range(0, len(mine), micro)):
+        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+        for c, chunk in enumerate(chunks):
             batch = [examples[i] for _, i in chunk]
-            if teacher is not None:
-                seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
-                sources = teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in chunk])
-                loss_sum, stats = sdft_step(model, teacher, batch, seeds, sources, cfg, eos_ids,
-                                            pad_id, check)
-            else:
-                loss_sum, stats = sft_step(model, batch, cfg, pad_id)
-            (loss_sum / cfg.prompts_per_step).backward()
+            last = ddp is None or c == len(chunks) - 1  # DDP syncs on the last micro-batch only
+            with contextlib.nullcontext() if last else ddp.no_sync():
+                if teacher is not None:
+                    seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
+                    sources = teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in chunk])
+                    loss_sum, stats = sdft_step(model, teacher, batch, seeds, sources, cfg, eos_ids,
+                                                pad_id, check, grad_model=ddp)
+                else:
+                    loss_sum, stats = sft_step(model, batch, cfg, pad_id, grad_model=ddp)
+                (loss_sum * world / cfg.prompts_per_step).backward()
             totals += torch.tensor([loss_sum.item(), stats["tokens"], stats["eos"],
                                     stats["teacher_rollouts"], stats["replaced"]])
-        if world > 1:
+        if world > 1:  # the step's metrics (not gradients) summed over ranks
             torch.distributed.all_reduce(totals)
-            for p in params:
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
         loss = totals[0].item() / cfg.prompts_per_step
         if not math.isfinite(loss):
             raise TrainingDiverged(f"non-finite loss {loss} at step {step}; lower the learning "

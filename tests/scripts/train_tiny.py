@@ -1,6 +1,8 @@
-"""Train a tiny model for a few SDFT steps and save its weights: run once plainly and once under
-`accelerate launch --cpu --num_processes 2` by tests/test_engine_distributed.py."""
+"""Train a tiny model for a few steps and save its weights: run once plainly and once under
+`accelerate launch --num_processes 2` by tests/test_engine_distributed.py. Optional second
+argument: SDFTConfig overrides as JSON."""
 
+import json
 import sys
 
 import torch
@@ -15,7 +17,7 @@ model, tokenizer = build_tiny(seed=0)
 demos = [Demonstration(id=f"d{i}", prompt=f"What is {i} plus {i}?",
                        demonstration=f"The answer is {2 * i}.", domain="math") for i in range(10)]
 cfg = SDFTConfig(max_steps=3, prompts_per_step=4, max_new_tokens=12, learning_rate=1e-3,
-                 autocast_bf16=False)
+                 autocast_bf16=False, **(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}))
 train(model, tokenizer, demos, cfg, progress=False)
 if int(__import__("os").environ.get("RANK", "0")) == 0:
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, out_path)
