@@ -79,9 +79,9 @@ def test_registered_and_shipped_files_match_the_generator(generated):
 def test_sizes_and_split(generated):
     demos, items = generated
     kinds = [d.metadata["kind"] for d in demos]
-    assert 550 <= len(demos) <= 700  # 343 look-alikes + 80 ordinary questions, 240 refusals
+    assert 300 <= len(demos) <= 400
     assert kinds.count("refusal") == safety.N_REFUSAL_TRAIN
-    assert 0.35 <= kinds.count("refusal") / len(demos) <= 0.45
+    assert 0.4 <= kinds.count("refusal") / len(demos) <= 0.6
     assert len(items) == safety.N_REFUSAL_EVAL + safety.N_BENIGN_EVAL
     assert sorted({i.reference for i in items}) == ["answer", "refuse"]
     assert len({d.id for d in demos}) == len(demos) and all(d.domain == "safety" for d in demos)

@@ -47,7 +47,7 @@ DNA_FILES = ("malicious_uses", "information_hazard",
              "discrimination_exclusion_toxicity_hateful_offensive")
 # 129 refusals = 40% of the demonstrations; 180 (60%) over-refused benign look-alikes and 83
 # (30%) refused too little of HarmBench (benchmarks/results/safety_champion.md)
-N_REFUSAL_TRAIN, N_REFUSAL_EVAL = 240, 50
+N_REFUSAL_TRAIN, N_REFUSAL_EVAL = 129, 50
 N_BENIGN_EVAL = 50  # the rest of the kept benign answers train
 ANSWERS_FILE = Path(__file__).resolve().parent.parent / "resources" / "domains" / \
     "safety_benign_answers.jsonl"
@@ -104,7 +104,7 @@ def load_benign_answers(path: Path = ANSWERS_FILE) -> list[dict]:
 
 
 def generate(seed: int = 0) -> tuple[list[Demonstration], list[EvalItem]]:
-    """240 refusal and ~360 benign training demonstrations (shuffled together), 50 + 50 eval
+    """129 refusal and ~190 benign training demonstrations (shuffled together), 50 + 50 eval
     items. `metadata["answer_key"]` ("refuse" | "answer") is what the scorer compares with."""
     rng = random.Random(f"{NAME}/{seed}")
     harmful = load_donotanswer()
