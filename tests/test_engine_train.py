@@ -113,6 +113,20 @@ def test_sdft_trains_student_not_teacher_with_finite_loss():
     assert all(p.grad is None or p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("method", ["sdft", "sft"])
+def test_gradient_checkpointing_trains_to_the_same_weights(method):
+    cfg = SDFTConfig(method=method, max_steps=2, learning_rate=1e-3, **FAST)
+    plain, tok = build_tiny()
+    train(plain, tok, _demos(), cfg, progress=False)
+    recomputed, _ = build_tiny()
+    train(recomputed, tok, _demos(), cfg.model_copy(update={"gradient_checkpointing": True}), progress=False)
+    assert recomputed.is_activation_checkpointing and not plain.is_activation_checkpointing
+    initial, _ = build_tiny()
+    assert any(not torch.equal(a, b) for a, b in zip(initial.parameters(), plain.parameters()))
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
 def test_sft_loss_is_cross_entropy_on_the_demonstration_only(tiny):
     model, tok = tiny
     cfg = SDFTConfig(method="sft", autocast_bf16=False)

@@ -205,6 +205,13 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         start = load_checkpoint(last, model=model, teacher=teacher,
                                 optimizer=optimizer, scheduler=scheduler,
                                 fingerprint=cfg.fingerprint())
+    if cfg.gradient_checkpointing:  # decoding runs in eval mode, where the KV cache stays on
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):  # LoRA: frozen embeddings feed the graph
+            model.enable_input_require_grads()
     # DDP averages gradients over ranks; the loss below is a sum over the global batch: × world
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else None
     model.train()
