@@ -201,11 +201,18 @@ def load_model(
             f"Could not load model '{spec.name_or_path}' (resolved to {path}). Give a local "
             f"folder with safetensors weights, a reachable hub id, or '{DEFAULT_MODEL}'.{offline}"
         ) from e
-    model.to(spec.device)
+    model.to(process_device(spec.device))
     tokenizer = load_tokenizer(path)
     if spec.lora is not None:
         model = add_lora(model, spec.lora)
     return model, tokenizer
+
+
+def process_device(device: str) -> str:
+    """`cuda` under a multi-process launcher (LOCAL_RANK set) is this process's own GPU."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
 
 
 def load_model_at(model_dir: str, spec: ModelSpec):

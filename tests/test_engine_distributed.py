@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+ACCELERATE = Path(__file__).resolve().parents[1] / "deploy" / "accelerate"  # the shipped launch configs
 
 
 def _run(cmd, env):
@@ -40,8 +41,7 @@ def test_two_processes_match_one(tmp_path, overrides):
     extra = [json.dumps(overrides)]
     _run([sys.executable, str(SCRIPT), str(tmp_path / "one.safetensors"), *extra], env)
     accelerate = str(Path(sys.executable).parent / "accelerate")
-    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+    _run([accelerate, "launch", "--config_file", str(ACCELERATE / "cpu-2proc.yaml"),
           str(SCRIPT), str(tmp_path / "two.safetensors"), *extra], env)
     one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     initial = __import__("sdft_ops.tiny", fromlist=["build_tiny"]).build_tiny(seed=0)[0]
@@ -49,3 +49,15 @@ def test_two_processes_match_one(tmp_path, overrides):
     assert moved and one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_shipped_launch_configs_load_in_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"1gpu.yaml": ("NO", 1), "8gpu-ddp.yaml": ("MULTI_GPU", 8), "cpu-2proc.yaml": ("MULTI_GPU", 2)}
+    assert sorted(p.name for p in ACCELERATE.glob("*.yaml")) == sorted(expected)
+    for name, (kind, processes) in expected.items():
+        config = load_config_from_file(str(ACCELERATE / name))  # refuses unknown keys
+        assert (config.distributed_type.value, config.num_processes) == (kind, processes), name
+        assert config.mixed_precision == "no"  # the engine's own autocast decides precision
+

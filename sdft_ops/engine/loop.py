@@ -213,7 +213,9 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         if hasattr(model, "enable_input_require_grads"):  # LoRA: frozen embeddings feed the graph
             model.enable_input_require_grads()
     # DDP averages gradients over ranks; the loss below is a sum over the global batch: × world
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else None
+    device = next(model.parameters()).device
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
     model.train()
     result, began = TrainResult(steps=total, seconds=0.0,
                                 demo_tokens_cut=sum(e.demo_tokens_cut for e in examples),

@@ -1,0 +1,24 @@
+"""Every shipped update config loads with the schema (unknown keys are refused there)."""
+
+from pathlib import Path
+
+import pytest
+
+from sdft_ops.settings import UpdateConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+NOT_UPDATE_CONFIGS = {"gate.yaml", "demo_chain.yaml"}  # a GatePolicy and a DemoChain
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if p.name not in NOT_UPDATE_CONFIGS),
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_shipped_update_configs_validate(path):
+    UpdateConfig.from_yaml(path)
+
+
+def test_the_7b_recipe_is_what_docs_scaling_computes():
+    cfg = UpdateConfig.from_yaml(CONFIGS / "scale" / "7b-lora-1gpu.yaml")
+    assert cfg.model.lora is not None and cfg.model.lora.r == 16 and len(cfg.model.lora.target_modules) == 7
+    assert cfg.model.dtype == "float32" and cfg.train.teacher == "ema"  # fp32: the EMA must move
+    assert cfg.train.gradient_checkpointing and cfg.train.prompts_per_step == 8
+    assert cfg.train.grad_accum_steps == 2 and cfg.train.max_new_tokens == 64
