@@ -47,7 +47,7 @@ def measure(method: str, model_name: str, steps: int, bf16: bool) -> dict:
     demos = list(load_shipped("tooluse")[0].records)[: 8 * (steps + 1)]
     if method == "trl":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from trl_compat import trl_step_seconds
+        from trl_trainer import trl_step_seconds
 
         out = trl_step_seconds(model, tokenizer, [d.prompt_messages()[-1]["content"] for d in demos],
                                [d.demonstration for d in demos], steps=steps + 1, bf16=bf16)

@@ -1,5 +1,7 @@
 """Compatibility of our SDFT loss with TRL 1.16's `trl.experimental.sdft.SDFTTrainer`, and a
-timing harness for TRL's trainer.
+timing harness for TRL's trainer. Three files: this one (the trainer-level check (b), the report),
+`trl_losses.py` (the pure loss-function check (a)), `trl_trainer.py` (building TRL's trainer,
+timing its steps).
 
     .venv/bin/python benchmarks/trl_compat.py               # reference check → results/trl_reference.{json,md}
     .venv/bin/python benchmarks/trl_compat.py --time-tiny   # + 3 TRL steps on the tiny model
@@ -36,223 +38,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import os
 import tempfile
-import time
-import types
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
-TOLERANCE = 1e-5
-SKIP = 3
-EMA_RATE = 0.02
-LOGIT_SCALE = 30.0
 
 
-def _paper_template_for_trl() -> str:
-    """Our `paper` teacher preset written in TRL's `teacher_prompt_template` placeholders."""
-    from sdft_ops.engine.config import DEMONSTRATION, QUESTION
-    from sdft_ops.engine.context import PAPER_TEMPLATE
-
-    return PAPER_TEMPLATE.replace(QUESTION, "{prompt}").replace(DEMONSTRATION, "{privileged_context}")
-
-
-def _quiet() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    for name in ("trl", "accelerate", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max())
-
-
-# ---------------------------------------------------------------------------------------------
-# (a) pure loss functions
-# ---------------------------------------------------------------------------------------------
-
-def _trl_aggregate(per_mode: dict, student_logits, teacher_logits, completion_ids, loss_mask):
-    """TRL's `SDFTTrainer._compute_self_distillation_loss`, called unbound on a stub `self`, so the
-    aggregation (per-sequence masked mean, then batch mean) is TRL's code, not a copy of it."""
-    from trl.experimental.sdft.sdft_trainer import DistillationLogits, SDFTTrainer
-
-    args = types.SimpleNamespace(**{"distillation_topk": None, "distillation_add_tail": False,
-                                    "distillation_is_clip": None, **per_mode})
-    stub = types.SimpleNamespace(args=args, accelerator=types.SimpleNamespace(gather=lambda x: x),
-                                 _log_self_distillation_metric=lambda mode, value: None)
-    dl = DistillationLogits(completion_ids=completion_ids, loss_mask=loss_mask,
-                            student_logits=student_logits, teacher_logits=teacher_logits)
-    return SDFTTrainer._compute_self_distillation_loss(stub, types.SimpleNamespace(training=True), {}, dl)
-
-
-def _loss_and_grad(fn, student_logits):
-    s = student_logits.detach().clone().requires_grad_(True)
-    loss = fn(s)
-    (grad,) = torch.autograd.grad(loss, s)
-    return loss.detach(), grad
-
-
-def _synthetic_batch(vocab: int, eos_id: int, pad_id: int, seed: int = 0):
-    """(B=4, T=12): row 0 no EOS, row 1 EOS at 5, row 2 EOS at 2 (empty after the skip of 3),
-    row 3 EOS at 9; pad after EOS; TRL-style completion mask (ones up to and including EOS)."""
-    g = torch.Generator().manual_seed(seed)
-    B, T = 4, 12
-    student = torch.randn(B, T, vocab, generator=g) * 3.0
-    teacher = student * 0.5 + torch.randn(B, T, vocab, generator=g) * 2.0
-    ids = torch.randint(3, vocab, (B, T), generator=g)
-    cmask = torch.ones(B, T, dtype=torch.long)
-    for row, eos_at in enumerate([None, 5, 2, 9]):
-        if eos_at is not None:
-            ids[row, eos_at] = eos_id
-            ids[row, eos_at + 1:] = pad_id
-            cmask[row, eos_at + 1:] = 0
-    return student, teacher, ids, cmask
-
-
-def _trl_loss_mask(cmask: torch.Tensor, skip: int) -> torch.Tensor:
-    """Exactly the lines of `SDFTTrainer._compute_teacher_student_logits` building `loss_mask`."""
-    loss_mask = cmask
-    if skip > 0:
-        token_positions = torch.arange(cmask.size(1), device=cmask.device).unsqueeze(0)
-        loss_mask = cmask * (token_positions >= skip).long()
-    return loss_mask
-
-
-def check_loss_functions() -> dict:
-    from trl.experimental.sdft.loss_utils import compute_sampled_token_self_distillation_loss
-
-    from sdft_ops.engine.losses import completion_mask, sequence_mean, token_divergence
-    from sdft_ops.tiny import build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    vocab, eos_id, pad_id = len(tok), tok.eos_token_id, tok.pad_token_id
-    student, teacher, ids, cmask = _synthetic_batch(vocab, eos_id, pad_id)
-    trl_mask = _trl_loss_mask(cmask, SKIP)
-    our_mask = completion_mask(ids, eos_id, SKIP)
-    cases: dict[str, dict] = {
-        "mask": {"max_abs_diff": float((trl_mask.bool() != our_mask).sum()),
-                 "note": "TRL loss_mask (completion_mask × position≥skip) vs ours completion_mask(ids, eos, 3): "
-                         "count of differing positions",
-                 "masked_tokens_per_row": our_mask.sum(-1).tolist()}}
-
-    def ours(div, est="full_vocab", **kw):
-        return lambda s: sequence_mean(token_divergence(s, teacher, div, est, **kw), our_mask).mean()
-
-    def trl(mode, alpha, **kw):
-        return lambda s: _trl_aggregate({"distillation_mode": mode, "distillation_alpha": alpha, **kw},
-                                        s, teacher, ids, trl_mask)
-
-    pairs = {
-        "full_forward_kl (alpha=0)": (ours("forward_kl"), trl("full_logits", 0.0)),
-        "full_reverse_kl (alpha=1)": (ours("reverse_kl"), trl("full_logits", 1.0)),
-        "full_jsd (alpha=beta=0.5)": (ours("jsd", jsd_beta=0.5), trl("full_logits", 0.5)),
-        "full_jsd (alpha=beta=0.25)": (ours("jsd", jsd_beta=0.25), trl("full_logits", 0.25)),
-        "full_jsd (alpha=beta=0.75)": (ours("jsd", jsd_beta=0.75), trl("full_logits", 0.75)),
-        f"topk+tail forward_kl k=V={vocab}": (
-            ours("forward_kl", "top_k", top_k=vocab),
-            trl("topk_logits", 0.0, distillation_topk=vocab, distillation_add_tail=True)),
-        f"topk+tail reverse_kl k=V={vocab}": (
-            ours("reverse_kl", "top_k", top_k=vocab),
-            trl("topk_logits", 1.0, distillation_topk=vocab, distillation_add_tail=True)),
-        "topk+tail reverse_kl k=16 (both: student support)": (
-            ours("reverse_kl", "top_k", top_k=16),
-            trl("topk_logits", 1.0, distillation_topk=16, distillation_add_tail=True)),
-    }
-    for name, (f_ours, f_trl) in pairs.items():
-        lo, go = _loss_and_grad(f_ours, student)
-        lt, gt = _loss_and_grad(f_trl, student)
-        diff = max(_max_abs(lo, lt), _max_abs(go, gt))
-        cases[name] = {"ours": float(lo), "trl": float(lt), "loss_abs_diff": _max_abs(lo, lt),
-                       "grad_max_abs_diff": _max_abs(go, gt), "max_abs_diff": diff,
-                       "pass": diff <= TOLERANCE}
-
-    # Documented differences (not pass/fail): forward-KL top-k support, and sampled-token values.
-    lo, go = _loss_and_grad(ours("forward_kl", "top_k", top_k=16), student)
-    lt, gt = _loss_and_grad(trl("topk_logits", 0.0, distillation_topk=16, distillation_add_tail=True), student)
-    lfull, _ = _loss_and_grad(ours("forward_kl"), student)
-    cases["topk+tail forward_kl k=16 (ours: teacher support, TRL: student support)"] = {
-        "ours": float(lo), "trl": float(lt), "full_vocab": float(lfull),
-        "max_abs_diff": _max_abs(lo, lt), "grad_max_abs_diff": _max_abs(go, gt),
-        "expected_difference": True,
-        "note": "different supports by design; both are lower bounds of the full-vocab KL "
-                "(data-processing inequality on the k+1 coarsening)"}
-
-    def ours_sampled(s):
-        return sequence_mean(token_divergence(s, teacher, "reverse_kl", "sampled_token", sampled_ids=ids),
-                             our_mask).mean()
-
-    def trl_sampled(s):
-        per_token = compute_sampled_token_self_distillation_loss(s, teacher, ids, distillation_alpha=1.0)
-        return (per_token * trl_mask).sum(-1).div(trl_mask.sum(-1).clamp(min=1.0)).mean()
-
-    lo, go = _loss_and_grad(ours_sampled, student)
-    lt, gt = _loss_and_grad(lambda s: _trl_aggregate(
-        {"distillation_mode": "sampled_token", "distillation_alpha": 1.0}, s, teacher, ids, trl_mask), student)
-    cases["sampled_token reverse_kl: gradient"] = {
-        "grad_max_abs_diff": _max_abs(go, gt), "max_abs_diff": _max_abs(go, gt),
-        "pass": _max_abs(go, gt) <= TOLERANCE,
-        "note": "gradients agree (both d·∇log p_S(y))"}
-    cases["sampled_token reverse_kl: value"] = {
-        "ours": float(lo), "trl": float(lt), "max_abs_diff": _max_abs(lo, lt), "expected_difference": True,
-        "trl_check_direct": float(trl_sampled(student)),
-        "note": "TRL's per-token value is d·log p_S(y) (surrogate), ours is d = log p_S(y) − log p_T(y) "
-                "(the KL estimate); only the logged loss differs"}
-    return {"vocab": vocab, "batch": list(student.shape[:2]), "cases": cases}
-
-
-# ---------------------------------------------------------------------------------------------
-# TRL trainer construction (shared by (b) and the timing)
-# ---------------------------------------------------------------------------------------------
-
-def _save_for_trl_teacher(model, workdir: Path) -> str:
-    """TRL builds a non-PEFT EMA teacher with `from_pretrained(model.config._name_or_path)`, not a
-    copy of the instance: save the instance's current weights so the teacher starts equal to it."""
-    path = workdir / "student_init"
-    model.save_pretrained(path)
-    model.config._name_or_path = str(path)
-    return str(path)
-
-
-def _make_trainer(model, tokenizer, prompts: list[str], demonstrations: list[str], workdir: Path, *,
-                  steps: int, bf16: bool, batch: int, max_new_tokens: int, gradient_checkpointing: bool = False):
-    from datasets import Dataset
-    from trl.experimental.sdft import SDFTConfig as TRLConfig
-    from trl.experimental.sdft import SDFTTrainer
-
-    _save_for_trl_teacher(model, workdir)
-    dataset = Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": p}] for p in prompts],
-        "privileged_context": list(demonstrations),
-    })
-    args = TRLConfig(
-        output_dir=str(workdir / "out"), use_cpu=True, report_to=[], bf16=bf16, fp16=False,
-        max_steps=steps, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-        learning_rate=1e-5, max_grad_norm=1.0, save_strategy="no", logging_steps=1, disable_tqdm=True,
-        seed=0, dataloader_num_workers=0,
-        # TRL's base config defaults to gradient checkpointing ON (~20% slower); our engine never uses it.
-        activation_checkpointing=gradient_checkpointing,
-        # loss
-        distillation_mode="full_logits", distillation_alpha=0.0, num_loss_tokens_to_skip=SKIP,
-        distillation_is_clip=None,  # inactive anyway with GA=1, num_iterations=1 (no old logps)
-        # teacher
-        teacher_model_kind="ema", teacher_update_rate=EMA_RATE, teacher_sync_steps=1,
-        teacher_prompt_template=_paper_template_for_trl(), generate_from_teacher=False,
-        # generation
-        use_vllm=False, num_generations=1, max_completion_length=max_new_tokens, max_prompt_length=512,
-        temperature=1.0, top_p=1.0, top_k=0,
-    )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer = SDFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)  # no per-step log dicts on stdout
-    return trainer
+from trl_losses import EMA_RATE, LOGIT_SCALE, SKIP, TOLERANCE, _max_abs, check_loss_functions  # noqa: F401,E402
+from trl_trainer import _make_trainer, _quiet, trl_step_seconds  # noqa: F401,E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,83 +232,6 @@ def reference_check() -> dict:
     result["all_pass"] = bool(checked) and all(c["pass"] for c in checked) and "error" not in trainer \
         and result["loss_functions"]["cases"]["mask"]["max_abs_diff"] == 0
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# timing
-# ---------------------------------------------------------------------------------------------
-
-class _StepTimer(TrainerCallback):
-    """on_step_begin → on_step_end wall time. Added after the trainer is built, so its
-    on_step_end runs after TRL's EMA-teacher callback: a step = generation, teacher and student
-    forwards, backward, clip, optimizer and scheduler steps, EMA update."""
-
-    def __init__(self):
-        self.seconds: list[float] = []
-        self._t0 = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._t0 = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self._t0)
-
-
-def trl_step_seconds(model, tokenizer, prompts: list[str], demonstrations: list[str], steps: int,
-                     bf16: bool, max_new_tokens: int = 64, batch: int = 8, *,
-                     gradient_checkpointing: bool = False) -> dict:
-    """Run TRL 1.16's SDFTTrainer for `steps` optimizer steps on CPU and time each step.
-
-    Settings mirror our engine's defaults: full-vocab forward KL (`distillation_mode="full_logits"`,
-    `distillation_alpha=0.0`), EMA teacher (`teacher_model_kind="ema"`, `teacher_update_rate=0.02`,
-    synced every step), `num_loss_tokens_to_skip=3`, one sample per prompt at temperature 1.0
-    (`num_generations=1`, transformers `generate`, no vLLM), `per_device_train_batch_size=batch`,
-    `gradient_accumulation_steps=1`, `max_completion_length=max_new_tokens`, `bf16` = mixed precision
-    (autocast) like our `autocast_bf16`; lr 1e-5, grad clip 1.0. Gradient checkpointing is OFF
-    like ours (TRL's own default is ON; pass `gradient_checkpointing=True` to time TRL as shipped).
-
-    Teacher context: TRL composes ONE user turn from `teacher_prompt_template`; it cannot express
-    our default `previous_turn` preset (user: q → assistant: demo → user: q). We use our `paper`
-    preset's text as the template ("{prompt}\\n\\nThis is an example for a response to the
-    question:\\n{privileged_context}\\n\\nNow answer …"), which gives token-identical teacher prompts
-    to ours with `TeacherContext(preset="paper")` (checked in `reference_check`). Teacher prompts are
-    therefore a little longer than previous_turn ones for short questions.
-
-    `model` is not modified: TRL trains a deep copy. Its EMA teacher is loaded from a temporary
-    save of `model` (TRL re-loads the teacher from `config._name_or_path`; that save is not timed).
-    Prompts are cycled so the dataset holds at least `batch` rows (TRL drops incomplete batches).
-
-    Returns {"step_seconds": [...], "mean_seconds_excl_first": float | None, "completion_tokens":
-    [mean completion length per step], "steps", "bf16", "batch", "max_new_tokens", "trl_version",
-    "teacher_template", "gradient_checkpointing"}. Wall-clock: on a shared machine the spread
-    between steps is mostly other processes' load.
-    """
-    import trl
-
-    _quiet()
-    if len(prompts) != len(demonstrations) or not prompts:
-        raise ValueError("prompts and demonstrations must be non-empty and of equal length")
-    need = max(batch, len(prompts))
-    rows = [(prompts[i % len(prompts)], demonstrations[i % len(prompts)]) for i in range(need)]
-    student = copy.deepcopy(model)
-    timer = _StepTimer()
-    with tempfile.TemporaryDirectory(prefix="trl_steps_") as tmp:
-        trainer = _make_trainer(student, tokenizer, [p for p, _ in rows], [d for _, d in rows], Path(tmp),
-                                steps=steps, bf16=bf16, batch=batch, max_new_tokens=max_new_tokens,
-                                gradient_checkpointing=gradient_checkpointing)
-        trainer.add_callback(timer)
-        trainer.train()
-        lengths = [h["completions/mean_length"] for h in trainer.state.log_history
-                   if "completions/mean_length" in h]
-    del trainer, student
-    seconds = timer.seconds
-    return {
-        "step_seconds": seconds,
-        "mean_seconds_excl_first": sum(seconds[1:]) / len(seconds[1:]) if len(seconds) > 1 else None,
-        "completion_tokens": lengths,
-        "steps": steps, "bf16": bf16, "batch": batch, "max_new_tokens": max_new_tokens,
-        "gradient_checkpointing": gradient_checkpointing, "trl_version": trl.__version__, "teacher_template": _paper_template_for_trl(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
