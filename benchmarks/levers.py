@@ -17,23 +17,13 @@ import json
 import time
 from pathlib import Path
 
-import yaml
+from overrides import parse_sets, parse_value
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "cache" / "levers"
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 LEVERS = ("method", "learning_rate", "max_steps", "skip_first_tokens", "demo_length_cap", "prompts_per_step",
           "ema_rate", "teacher")
-
-
-def _value(text: str):
-    """"0" → int, "3e-4" → float (YAML 1.1 alone reads it as a string), "{r: 16}" → dict."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
 
 
 def run(domain: str, overrides: dict, items: int, lora: dict | None) -> dict:
@@ -109,13 +99,12 @@ def main() -> None:
     parser.add_argument("--domain", default="tooluse")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override of the demo config's train section (repeatable)")
-    parser.add_argument("--lora", type=_value, default=None, help='e.g. "{r: 16, alpha: 32}"')
+    parser.add_argument("--lora", type=parse_value, default=None, help='e.g. "{r: 16, alpha: 32}"')
     parser.add_argument("--items", type=int, default=40, help="held-out domain items scored")
     parser.add_argument("--table", action="store_true", help="only rewrite levers.md")
     args = parser.parse_args()
     if not args.table:
-        overrides = dict(kv.split("=", 1) for kv in args.set)
-        overrides = {k: _value(v) for k, v in overrides.items()}
+        overrides = parse_sets(args.set)
         name = "-".join([args.domain] + [f"{k}{v}" for k, v in sorted(overrides.items())]
                         + ([f"lora{args.lora.get('r')}"] if args.lora else []))
         path = CACHE / f"{name}.json"

@@ -26,21 +26,12 @@ import random
 import time
 from pathlib import Path
 
-import yaml
+from overrides import parse_sets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "cache" / "safety"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "safety.yaml"
 SETTINGS = ("method", "learning_rate", "max_steps", "prompts_per_step", "warmup_steps")
-
-
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
 
 
 def remix(records: list, refusal_share: float | None, files: list[str] | None) -> list:
@@ -135,7 +126,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only rewrite safety_champion.md")
     args = parser.parse_args()
     if not args.table:
-        overrides = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        overrides = parse_sets(args.set)
         if args.champion and (overrides or args.refusal_share is not None or args.files):
             parser.error("--champion runs the shipped config as it is")
         name = "-".join(["safety"] + [f"{k}{v}" for k, v in sorted(overrides.items())]
