@@ -17,7 +17,7 @@ from sdft_ops.data import (
 )
 
 
-from tests.data_helpers import load_error, only_problem, record, write_lines  # noqa: F401
+from tests.data_helpers import load_error, only_problem, record, write_lines
 
 
 # --- bad input: one test per kind, each checking file, line and field are named -------------

@@ -8,7 +8,7 @@ import pytest
 
 from sdft_ops.data import Demonstration, load_demonstrations
 from sdft_ops.home import inside
-from tests.data_helpers import load_error, only_problem, record, write_lines  # noqa: F401
+from tests.data_helpers import load_error, only_problem, record, write_lines
 
 
 # --- domain names and paths -----------------------------------------------------------------

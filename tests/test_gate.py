@@ -9,9 +9,8 @@ from pydantic import ValidationError
 from sdft_ops.evaluation.report import EvalReport
 from sdft_ops.gate import CHECK_GROUPS, GateDecision, GatePolicy, RuleCheck, SuiteRule, decide_from_file, suite_class
 
-from tests.gate_helpers import (  # noqa: F401
+from tests.gate_helpers import (
     CONFIG,
-    N,
     binary,
     failed,
     healthy_pairs,

@@ -8,8 +8,7 @@ import pytest
 from sdft_ops.evaluation.report import EvalReport, build_report
 from sdft_ops.gate import GatePolicy, SuiteRule, decide, decide_from_file
 
-from tests.gate_helpers import (  # noqa: F401
-    CONFIG,
+from tests.gate_helpers import (
     N,
     binary,
     failed,
