@@ -1,16 +1,17 @@
-"""The instance configs in deploy/ (and the root dagster.yaml) against the installed Dagster.
+"""The instance configs in deploy/ (and the root dagster.yaml) against the installed Dagster,
+dagster-postgres and dagster-k8s (the same release family, pinned in pyproject.toml).
 
-No Postgres, Kubernetes or Docker daemon here, and dagster-postgres / dagster-k8s / dagster-docker
-are not installed. What can be checked is:
+No Postgres server, Kubernetes cluster or Docker daemon here, and dagster-docker is not
+installed. What is checked:
 
 - the whole file against Dagster's instance schema (`dagster_instance_config`, what every Dagster
-  process runs on load). The Postgres storage block is part of that schema (it lives in Dagster
-  core), but a launcher's `config` is typed as free-form there;
+  process runs on load);
 - the `InstanceRef` built from the file: the QueuedRunCoordinator rehydrated (its config checked
   against the class) and the queue/pool config the daemon would use;
-- the launcher sections against the library's own `config_type()` when it is installed, else
-  against a transcription of it (below), plus docker-py's own argument builder for
-  `container_kwargs`.
+- the storage section against `dagster_postgres.DagsterPostgresStorage.config_type()` and the k8s
+  launcher against `dagster_k8s.K8sRunLauncher.config_type()`, the libraries' own schemas (no
+  connection is made); the docker launcher against a transcription of dagster-docker's schema,
+  plus docker-py's own argument builder for `container_kwargs`.
 """
 
 import importlib.util
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import Array, Field, Noneable, Permissive, Shape, StringSource
+from dagster import Array, Field, Permissive, Shape, StringSource
 from dagster._check import CheckError
 from dagster._config import validate_config
 from dagster._core.errors import DagsterInvalidConfigError
@@ -35,42 +36,6 @@ LAUNCHERS = {"dagster.k8s.yaml": ("dagster_k8s", "K8sRunLauncher"),
 GPU_TAG = {"key": "sdft_ops/gpu", "value": "true", "limit": 1}
 PG_ENV = {"username": "DAGSTER_PG_USERNAME", "password": "DAGSTER_PG_PASSWORD",
           "hostname": "DAGSTER_PG_HOST", "db_name": "DAGSTER_PG_DB"}
-
-# Transcribed from dagster-io/dagster python_modules/libraries/dagster-k8s/dagster_k8s/job.py
-# (DagsterK8sJobConfig.config_type_run_launcher = config_type_job + the launcher fields). Used only
-# when dagster_k8s is not importable; Shape is strict, so a misspelled key fails.
-_K8S_RUN_CONFIG_KEYS = ("container_config", "pod_template_spec_metadata", "pod_spec_config",
-                        "job_config", "job_metadata", "job_spec_config")
-K8S_RUN_LAUNCHER_SCHEMA = Shape({
-    "job_image": Field(Noneable(StringSource), is_required=False),
-    "image_pull_policy": Field(Noneable(StringSource), is_required=False),
-    "image_pull_secrets": Field(Noneable(Array(Shape({"name": StringSource}))), is_required=False),
-    "service_account_name": Field(Noneable(StringSource), is_required=False),
-    "env_config_maps": Field(Noneable(Array(StringSource)), is_required=False),
-    "env_secrets": Field(Noneable(Array(StringSource)), is_required=False),
-    "env_vars": Field(Noneable(Array(str)), is_required=False),
-    "volume_mounts": Field(Array(Permissive({"name": StringSource})), is_required=False),
-    "volumes": Field(Array(Permissive({"name": str})), is_required=False),
-    "labels": Field(dict, is_required=False),
-    "resources": Field(Noneable(Shape({"limits": Field(dict, is_required=False),
-                                       "requests": Field(dict, is_required=False)})),
-                       is_required=False),
-    "scheduler_name": Field(Noneable(StringSource), is_required=False),
-    "security_context": Field(dict, is_required=False),
-    "instance_config_map": Field(StringSource, is_required=True),
-    "postgres_password_secret": Field(StringSource, is_required=False),
-    "dagster_home": Field(StringSource, is_required=False),
-    "load_incluster_config": Field(bool, is_required=False),
-    "kubeconfig_file": Field(Noneable(str), is_required=False),
-    "fail_pod_on_run_failure": Field(bool, is_required=False),
-    "run_k8s_config": Field(Shape({**{k: Field(Permissive(), is_required=False)
-                                      for k in _K8S_RUN_CONFIG_KEYS},
-                                   "merge_behavior": Field(str, is_required=False)}),
-                            is_required=False),
-    "job_namespace": Field(StringSource, is_required=False),
-    "only_allow_user_defined_k8s_config_fields": Field(Permissive(), is_required=False),
-    "only_allow_user_defined_env_vars": Field(Array(str), is_required=False),
-})
 
 # Transcribed from dagster-docker's dagster_docker/utils.py DOCKER_CONFIG_SCHEMA (+ the container
 # context schema it merges in).
@@ -95,10 +60,10 @@ def _validate_dict(config: dict, tmp_path: Path):
     return dagster_instance_config(str(tmp_path))[0]
 
 
-def _launcher_schema(module: str, cls: str, mirror):
-    """The real config_type() if the library is installed, else the transcription."""
-    if importlib.util.find_spec(module) is None:
-        return mirror
+def _launcher_schema(module: str, cls: str):
+    """The library's own config_type(); dagster-docker (not installed): its transcription."""
+    if module == "dagster_docker" and importlib.util.find_spec(module) is None:
+        return DOCKER_RUN_LAUNCHER_SCHEMA
     return getattr(importlib.import_module(module), cls).config_type()
 
 
@@ -133,7 +98,6 @@ def test_validates_against_the_instance_schema(name):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_queue_and_gpu_pool_as_the_daemon_sees_them(name, tmp_path):
     ref = InstanceRef.from_dir(str(tmp_path), config_dir=str(DEPLOY), config_filename=name)
-    # storage points at dagster-postgres (not importable here, so not rehydrated)
     assert (ref.storage_data.module_name, ref.storage_data.class_name) == (
         "dagster_postgres", "DagsterPostgresStorage")
     concurrency = _queue_config(ref)
@@ -146,12 +110,28 @@ def test_queue_and_gpu_pool_as_the_daemon_sees_them(name, tmp_path):
     assert ref.settings["run_monitoring"]["enabled"] is True
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_postgres_storage_against_dagster_postgres(name, tmp_path):
+    from dagster_postgres import DagsterPostgresStorage
+
+    ref = InstanceRef.from_dir(str(tmp_path), config_dir=str(DEPLOY), config_filename=name)
+    data = ref.storage_data
+    assert importlib.import_module(data.module_name).DagsterPostgresStorage is DagsterPostgresStorage
+    result = validate_config(DagsterPostgresStorage.config_type(), yaml.safe_load(data.config_yaml))
+    assert result.success, [e.message for e in result.errors]
+    broken = yaml.safe_load(data.config_yaml)
+    broken["postgres_db"]["hostnme"] = broken["postgres_db"].pop("hostname")
+    assert not validate_config(DagsterPostgresStorage.config_type(), broken).success
+
+
 @pytest.mark.parametrize("name", sorted(LAUNCHERS))
-def test_launcher_section_names_an_uninstalled_library(name, tmp_path):
+def test_launcher_section_names_its_library(name, tmp_path):
     module, cls = LAUNCHERS[name]
     ref = InstanceRef.from_dir(str(tmp_path), config_dir=str(DEPLOY), config_filename=name)
     assert (ref.run_launcher_data.module_name, ref.run_launcher_data.class_name) == (module, cls)
-    if importlib.util.find_spec(module) is None:  # what the README says about this venv
+    if module == "dagster_k8s":  # installed: the class is the library's
+        assert getattr(importlib.import_module(module), cls).__name__ == cls
+    elif importlib.util.find_spec(module) is None:  # what the README says about dagster-docker
         with pytest.raises(CheckError, match=f"Couldn't import module {module}"):
             ref.run_launcher  # noqa: B018
 
@@ -160,8 +140,7 @@ def test_k8s_launcher_config():
     section = _raw("dagster.k8s.yaml")["run_launcher"]
     assert (section["module"], section["class"]) == ("dagster_k8s", "K8sRunLauncher")
     config = section["config"]
-    result = validate_config(_launcher_schema("dagster_k8s", "K8sRunLauncher",
-                                              K8S_RUN_LAUNCHER_SCHEMA), config)
+    result = validate_config(_launcher_schema("dagster_k8s", "K8sRunLauncher"), config)
     assert result.success, [e.message for e in result.errors]
     for key in ("job_namespace", "service_account_name", "instance_config_map", "dagster_home",
                 "postgres_password_secret", "env_config_maps", "env_secrets"):
@@ -178,8 +157,7 @@ def test_docker_launcher_config():
     section = _raw("dagster.docker.yaml")["run_launcher"]
     assert (section["module"], section["class"]) == ("dagster_docker", "DockerRunLauncher")
     config = section["config"]
-    result = validate_config(_launcher_schema("dagster_docker", "DockerRunLauncher",
-                                              DOCKER_RUN_LAUNCHER_SCHEMA), config)
+    result = validate_config(_launcher_schema("dagster_docker", "DockerRunLauncher"), config)
     assert result.success, [e.message for e in result.errors]
     kwargs = config["container_kwargs"]
     # DockerRunLauncher's own rules (dagster_docker.utils.validate_docker_config)
@@ -265,9 +243,8 @@ def test_misspelled_coordinator_key_fails_on_rehydration(tmp_path):
 ])
 def test_launcher_schema_catches_typos(name, key, renamed):
     module, cls = LAUNCHERS[name]
-    mirror = K8S_RUN_LAUNCHER_SCHEMA if module == "dagster_k8s" else DOCKER_RUN_LAUNCHER_SCHEMA
     config = dict(_raw(name)["run_launcher"]["config"])
     value = config.pop(key)
     if renamed:
         config[renamed] = value
-    assert not validate_config(_launcher_schema(module, cls, mirror), config).success
+    assert not validate_config(_launcher_schema(module, cls), config).success
