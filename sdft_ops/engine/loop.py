@@ -105,7 +105,7 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
         teacher_logits = completion_logits(teacher_model, t_ids, t_mask, completion)
     with _autocast(model, cfg.autocast_bf16):                                  # 3. student
         s_ids, s_mask = left_pad([e.student_prompt for e in batch], pad_id, completion.device)
-        student_logits = completion_logits(grad_model or model, s_ids, s_mask, completion)
+        student_logits = completion_logits(model if grad_model is None else grad_model, s_ids, s_mask, completion)
     per_token = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
                                  jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
     if cfg.teacher_rollout_loss == "nll":  # teacher rows: NLL of the teacher's sampled tokens
@@ -133,7 +133,7 @@ def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: i
                                                               device=device).unsqueeze(-1)
     prompt_ids, prompt_mask = left_pad([e.student_prompt for e in batch], pad_id, device)
     with _autocast(model, cfg.autocast_bf16):
-        logits = completion_logits(grad_model or model, prompt_ids, prompt_mask, target)
+        logits = completion_logits(model if grad_model is None else grad_model, prompt_ids, prompt_mask, target)
     nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
     return sequence_mean(nll, mask).sum(), {"tokens": float(mask.sum()), "eos": float(len(batch)),
                                             "teacher_rollouts": 0.0, "replaced": 0.0}

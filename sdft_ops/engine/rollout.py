@@ -23,7 +23,7 @@ import torch
 
 from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample
-from sdft_ops.engine.sampling import decode, row_seed
+from sdft_ops.engine.sampling import decode, row_seed, until_stop
 
 # (completion token ids without padding, the example) → keep the teacher's rollout?
 RolloutCheck = Callable[[list[int], PreparedExample], bool]
@@ -64,11 +64,6 @@ def _stack(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
     return out
 
 
-def _strip(row: torch.Tensor, eos_ids: Sequence[int]) -> list[int]:
-    tokens = row.tolist()
-    return tokens[: next((t for t, token in enumerate(tokens) if token in eos_ids), len(tokens))]
-
-
 @torch.no_grad()
 def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
                        seeds: Sequence[int], from_teacher: Sequence[bool], cfg: SDFTConfig,
@@ -91,7 +86,7 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
     if cfg.rollout_filter == "scorer":
         assert check is not None  # train() refuses rollout_filter without a check
         for i, example in enumerate(batch):
-            if from_teacher[i] and not check(_strip(rows[i], eos_ids), example):
+            if from_teacher[i] and not check(until_stop(rows[i].tolist(), eos_ids), example):
                 rows[i] = torch.tensor(example.target, device=rows[i].device)
                 finished[i], replaced = True, replaced + 1
     device = rows[0].device

@@ -53,6 +53,12 @@ def stop_ids(model, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def until_stop(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
+    """The tokens before the first stop id (all of them if none)."""
+    tokens = list(tokens)
+    return tokens[: next((t for t, token in enumerate(tokens) if token in eos_ids), len(tokens))]
+
+
 @dataclass
 class Rollout:
     prompt_ids: torch.Tensor  # (B, P) left-padded
@@ -137,7 +143,6 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_
         out = decode(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
                      eos_ids=eos_ids, pad_id=pad)
         for row, i in enumerate(batch):
-            tokens = out.completion_ids[row].tolist()
-            cut = next((t for t, token in enumerate(tokens) if token in eos_ids), len(tokens))
-            texts[i] = tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+            texts[i] = tokenizer.decode(until_stop(out.completion_ids[row].tolist(), eos_ids),
+                                        skip_special_tokens=True)
     return texts
