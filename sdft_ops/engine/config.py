@@ -104,6 +104,11 @@ class SDFTConfig(BaseModel):
     sft_weight: float = Field(
         0.0, ge=0.0, description="adds this × the demonstration's NLL to the self-distillation "
         "loss (an SFT anchor); 0: pure SDFT")
+    preference_weight: float = Field(
+        0.0, ge=0.0, description="adds this × ORPO's odds-ratio loss (Hong et al. 2024) on the "
+        "demonstrations that carry a `rejected` answer: −log σ(log odds(demonstration) − log "
+        "odds(rejected)), odds = P/(1−P) of the mean token probability. SFT's NLL barely resists "
+        "a refusal on a benign prompt; this term pushes it below the answer. 0: off")
 
     # loss
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"

@@ -32,6 +32,7 @@ class PreparedExample:
     teacher_prompt: tuple[int, ...]
     target: tuple[int, ...]  # demonstration + EOS: the SFT labels
     demo_tokens_cut: int  # demonstration tokens dropped from the teacher prompt
+    rejected: tuple[int, ...] | None = None  # the rejected answer + EOS (preference pairs)
 
 
 class PromptTooLongError(ValueError):
@@ -97,12 +98,15 @@ def prepare_examples(
                             f"(limit {cfg.max_prompt_tokens} with the teacher's template)")
             continue
         target = tokenizer(demo.demonstration, add_special_tokens=False)["input_ids"]
+        rejected = None if demo.rejected is None else (
+            *tokenizer(demo.rejected, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id)
         prepared.append(PreparedExample(
             id=demo.id,
             student_prompt=tuple(student),
             teacher_prompt=tuple(teacher[0]),
             target=(*target, tokenizer.eos_token_id),
             demo_tokens_cut=teacher[1],
+            rejected=rejected,
         ))
     if problems:
         raise PromptTooLongError(problems)

@@ -12,7 +12,8 @@ Algorithm (one optimizer step, `sdft_step`):
      completion after its first `skip_first_tokens` tokens, padding and post-EOS masked; mean
      per sequence, then over the global batch;
      `teacher_rollout_loss: nll` uses the NLL of the sampled tokens on teacher rollouts instead;
-     `sft_weight` > 0 adds that weight × the demonstration's NLL (an SFT anchor);
+     `sft_weight` > 0 adds that weight × the demonstration's NLL (an SFT anchor), and
+     `preference_weight` > 0 ORPO's odds-ratio term where a demonstration has a rejected answer;
   5. backward, clip (1.0), AdamW + warmup/cosine step, then the teacher update (EMA, rate 0.02).
 
 Deviations from the paper / official code, all deliberate:
@@ -50,7 +51,7 @@ from sdft_ops.data import Demonstration
 from sdft_ops.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample, prepare_examples
-from sdft_ops.engine.losses import completion_mask, sequence_mean, token_divergence
+from sdft_ops.engine.losses import completion_mask, odds_ratio_loss, sequence_mean, token_divergence
 from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.rollout import RolloutCheck, sample_completions, teacher_rows
 from sdft_ops.engine.sampling import left_pad, position_ids, row_seed, stop_ids
@@ -113,30 +114,47 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
         per_token = torch.where(rollout.from_teacher.unsqueeze(-1), nll, per_token)
     del student_logits, teacher_logits
     loss_sum = sequence_mean(per_token, mask).sum()                            # 4. loss
-    if cfg.sft_weight:  # the SFT anchor: + w × NLL of the demonstration
-        loss_sum = loss_sum + cfg.sft_weight * sft_step(model, batch, cfg, pad_id)[0]
+    if cfg.sft_weight or cfg.preference_weight:  # the SFT anchor (+ w × the demonstration's NLL)
+        loss_sum = loss_sum + sft_step(model, batch, cfg, pad_id, nll_weight=cfg.sft_weight)[0]
     lengths = completion_mask(completion, eos_ids, 0).sum(-1).float()
     return loss_sum, {"tokens": float(lengths.sum()), "eos": float(rollout.finished.sum()),
                       "teacher_rollouts": float(rollout.from_teacher.sum()),
                       "replaced": float(rollout.replaced)}
 
 
-def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: int, grad_model=None):
-    """Cross-entropy on the demonstration tokens only (the prompt is never a label)."""
-    width = max(len(e.target) for e in batch)
-    target = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    for row, e in enumerate(batch):
-        target[row, : len(e.target)] = torch.tensor(e.target)
+def answer_nll(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]], cfg: SDFTConfig,
+               pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt ids, answer ids) rows → (R,) mean NLL of each answer's tokens and the (R, T)
+    answer mask; the prompt is never a label."""
+    width = max(len(answer) for _, answer in rows)
     device = next(model.parameters()).device
+    target = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for row, (_, answer) in enumerate(rows):
+        target[row, : len(answer)] = torch.tensor(answer)
     target = target.to(device)
-    mask = torch.arange(width, device=device) < torch.tensor([len(e.target) for e in batch],
+    mask = torch.arange(width, device=device) < torch.tensor([len(a) for _, a in rows],
                                                               device=device).unsqueeze(-1)
-    prompt_ids, prompt_mask = left_pad([e.student_prompt for e in batch], pad_id, device)
+    prompt_ids, prompt_mask = left_pad([prompt for prompt, _ in rows], pad_id, device)
     with _autocast(model, cfg.autocast_bf16):
-        logits = completion_logits(model if grad_model is None else grad_model, prompt_ids, prompt_mask, target)
-    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
-    return sequence_mean(nll, mask).sum(), {"tokens": float(mask.sum()), "eos": float(len(batch)),
-                                            "teacher_rollouts": 0.0, "replaced": 0.0}
+        logits = completion_logits(model, prompt_ids, prompt_mask, target)
+    nll = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+    return sequence_mean(nll, mask), mask
+
+
+def sft_step(model, batch: Sequence[PreparedExample], cfg: SDFTConfig, pad_id: int, grad_model=None,
+             nll_weight: float = 1.0):
+    """`nll_weight` × the cross-entropy on the demonstration tokens, plus `preference_weight` ×
+    ORPO's odds-ratio term on the examples that carry a rejected answer (their rejected rows
+    ride in the same forward)."""
+    paired = [r for r, e in enumerate(batch) if e.rejected is not None] if cfg.preference_weight else []
+    rows = [(e.student_prompt, e.target) for e in batch] + [(batch[r].student_prompt, batch[r].rejected)
+                                                            for r in paired]
+    nll, mask = answer_nll(model if grad_model is None else grad_model, rows, cfg, pad_id)
+    loss_sum = nll_weight * nll[: len(batch)].sum()
+    if paired:
+        loss_sum = loss_sum + cfg.preference_weight * odds_ratio_loss(-nll[paired], -nll[len(batch):]).sum()
+    return loss_sum, {"tokens": float(mask[: len(batch)].sum()), "eos": float(len(batch)),
+                      "teacher_rollouts": 0.0, "replaced": 0.0}
 
 
 def warmup_cosine(total_steps: int, warmup: int, floor: float) -> Callable[[int], float]:

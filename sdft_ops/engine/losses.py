@@ -102,3 +102,12 @@ def sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T), (B, T) → (B,) mean over each sequence's masked tokens; 0 (attached) when empty."""
     mask = mask.to(per_token.dtype)
     return (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def odds_ratio_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor) -> torch.Tensor:
+    """ORPO's odds-ratio term (Hong et al. 2024), (N,), (N,) → (N,): −log σ(log odds(chosen) −
+    log odds(rejected)) from each answer's mean token log-probability x, where
+    odds = P / (1 − P) with P = exp(x), so log odds = x − log(1 − exp(x))."""
+    def log_odds(x: torch.Tensor) -> torch.Tensor:
+        return x - torch.log1p(-torch.exp(x.clamp(max=-1e-6)))
+    return -F.logsigmoid(log_odds(chosen_logp) - log_odds(rejected_logp))
