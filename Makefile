@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test dev validate bench bench-all clean
+.PHONY: install demo test dev validate bench bench-all clean prod-up prod-down
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ bench: install
 bench-all: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/run_all.py
+
+# The production profile on real services: PostgreSQL (installed if missing) + an MLflow server on it.
+prod-up: install
+	deploy/prod.sh up
+
+prod-down:
+	deploy/prod.sh down
 
 clean:
 	rm -rf $(VENV) .sdft_ops .dagster_home
