@@ -22,3 +22,11 @@ def test_the_7b_recipe_is_what_docs_scaling_computes():
     assert cfg.model.dtype == "float32" and cfg.train.teacher == "ema"  # fp32: the EMA must move
     assert cfg.train.gradient_checkpointing and cfg.train.prompts_per_step == 8
     assert cfg.train.grad_accum_steps == 2 and cfg.train.max_new_tokens == 64
+
+
+def test_the_7b_fsdp_recipe_is_what_docs_scaling_computes():
+    cfg = UpdateConfig.from_yaml(CONFIGS / "scale" / "7b-full-fsdp-8gpu.yaml")
+    assert cfg.model.lora is None and cfg.train.distributed == "fsdp"  # full fine-tune, sharded
+    assert cfg.model.dtype == "float32" and cfg.train.teacher == "ema"
+    assert cfg.train.gradient_checkpointing and cfg.train.prompts_per_step == 16
+    assert cfg.train.max_new_tokens == 64

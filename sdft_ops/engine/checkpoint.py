@@ -3,7 +3,8 @@
 A checkpoint is one folder per step, written to a temp folder and renamed: `student`,
 `teacher` and `optimizer` tensors as safetensors (no pickle anywhere), and `state.json` with the
 step, the config fingerprint, the scheduler state, the optimizer's hyper-parameters and the RNG
-state. Resume refuses a checkpoint written under a different training config.
+state. Resume refuses a checkpoint written under a different training config. Tensors are
+whole (FSDP shards gathered), so a run resumes under any world size or `distributed` mode.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from sdft_ops.engine.distributed import copy_full_into, full
 
 STEP_PREFIX = "step-"
 
@@ -33,24 +36,30 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The trained parameters, whole (a collective under FSDP: every rank calls it)."""
+    return {n: full(p.detach()).clone().contiguous()
+            for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = optimizer.state_dict()
-    tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
+    tensors = {f"{i}.{k}": full(v).contiguous() for i, s in state["state"].items() for k, v in s.items()}
     return tensors, {"param_groups": state["param_groups"]}
 
 
 def save_checkpoint(root: Path, step: int, *, model, teacher, optimizer, scheduler,
-                    fingerprint: str) -> Path:
+                    fingerprint: str, write: bool = True) -> Path:
+    """`write=False`: gather only (the FSDP ranks other than 0 take part in the gathers)."""
     final = Path(root) / f"{STEP_PREFIX}{step:06d}"
+    student = trainable_state(model)
+    teacher_state = teacher.state_dict() if teacher is not None else {}
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    if not write:
+        return final
     tmp = _atomic_dir(final)
     try:
-        save_file(trainable_state(model), tmp / "student.safetensors")
-        teacher_state = teacher.state_dict() if teacher is not None else {}
+        save_file(student, tmp / "student.safetensors")
         save_file(teacher_state or {"_empty": torch.zeros(0)}, tmp / "teacher.safetensors")
-        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(opt_tensors or {"_empty": torch.zeros(0)}, tmp / "optimizer.safetensors")
         save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
         state = {"step": step, "fingerprint": fingerprint, "optimizer": opt_meta,
@@ -81,15 +90,21 @@ def load_checkpoint(path: Path, *, model, teacher, optimizer, scheduler, fingerp
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in load_file(path / "student.safetensors").items():
-            params[name].copy_(value)
+            copy_full_into(params[name], value)
     teacher_state = load_file(path / "teacher.safetensors")
     if teacher is not None and "_empty" not in teacher_state:
         teacher.load_state_dict(teacher_state)
     opt_state: dict = {"state": {}, "param_groups": state["optimizer"]["param_groups"]}
+    order = [p for group in optimizer.param_groups for p in group["params"]]
     for key, value in load_file(path / "optimizer.safetensors").items():
         if key == "_empty":
             continue
         index, name = key.split(".", 1)
+        param = order[int(index)]
+        if hasattr(param, "device_mesh") and value.dim():  # FSDP: this rank's shard of it
+            from torch.distributed.tensor import distribute_tensor
+
+            value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
         opt_state["state"].setdefault(int(index), {})[name] = value
     optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(state["scheduler"])

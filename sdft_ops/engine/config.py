@@ -123,6 +123,9 @@ class SDFTConfig(BaseModel):
     teacher_context: TeacherContext = TeacherContext()
 
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = none")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: ddp (whole model per rank) or fsdp (student, "
+        "EMA teacher and optimizer state fully sharded; engine/distributed.py)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SDFTConfig":
@@ -151,6 +154,7 @@ class SDFTConfig(BaseModel):
         return self
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes training results (resume refuses a mismatch)."""
-        relevant = self.model_dump(mode="json", exclude={"checkpoint_every", "gradient_checkpointing"})
+        """Hash of everything that changes training results (resume refuses a mismatch); not the
+        distributed mode: checkpoints resume across ddp / fsdp and world sizes."""
+        relevant = self.model_dump(mode="json", exclude={"checkpoint_every", "gradient_checkpointing", "distributed"})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -24,9 +24,10 @@ Deviations from the paper / official code, all deliberate:
   - LoRA EMA is exact on the effective weights (see teacher.py).
 
 Multi-process: run the same code under `accelerate launch` / `torchrun`; each rank takes its
-share of the global batch, and torch DDP synchronises the gradients (bucketed, overlapped with
-backward; gloo on CPU, nccl on GPU). Only the student's forward with grad goes through the DDP
-wrapper (`grad_model`): rollouts and the teacher need no gradient sync.
+share of the global batch; `distributed: ddp` (torch DDP, gloo on CPU, nccl on GPU) or `fsdp`
+(FSDP2 full sharding of student, EMA teacher and optimizer state) synchronises the gradients
+(distributed.py). Under DDP only the student's forward with grad goes through the wrapper
+(`grad_model`); under FSDP each rollout's model is gathered for its decode (rollout.py).
 
   from sdft_ops.engine import SDFTConfig, train
   result = train(model, tokenizer, demos, SDFTConfig(max_steps=40), output_dir="ckpt/")
@@ -34,9 +35,7 @@ wrapper (`grad_model`): rollouts and the teacher need no gradient sync.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -51,11 +50,12 @@ from sdft_ops.data import Demonstration
 from sdft_ops.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample, prepare_examples
+from sdft_ops.engine.distributed import full, join_process_group, no_gradient_sync, shard
 from sdft_ops.engine.losses import completion_mask, odds_ratio_loss, sequence_mean, token_divergence
 from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.rollout import RolloutCheck, sample_completions, teacher_rows
 from sdft_ops.engine.sampling import left_pad, position_ids, row_seed, stop_ids
-from sdft_ops.engine.teacher import Teacher
+from sdft_ops.engine.teacher import Teacher, is_peft
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -166,15 +166,6 @@ def warmup_cosine(total_steps: int, warmup: int, floor: float) -> Callable[[int]
     return factor
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size), joining the process group that a launcher set up in the env."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return int(os.environ.get("RANK", "0")), world
-
-
 def batch_positions(step: int, n_examples: int, cfg: SDFTConfig) -> list[tuple[int, int]]:
     """(global position, example index) of a step's prompts: epochs of seeded permutations."""
     out = []
@@ -193,7 +184,7 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
     """Train `model` in place on `demos` (SDFT or SFT per `cfg.method`); resumes from the latest
     checkpoint in `output_dir` if there is one. `rollout_check(answer text, demonstration)`:
     whether a teacher rollout is right (needed by `rollout_filter: scorer`)."""
-    rank, world = _world()
+    rank, world = join_process_group()
     if cfg.prompts_per_step % (world * cfg.grad_accum_steps):
         raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must divide into "
                          f"{world} processes × {cfg.grad_accum_steps} accumulation steps")
@@ -212,11 +203,19 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         cfg = cfg.model_copy(update={"max_new_tokens": min(
             cfg.max_new_tokens, math.ceil(cfg.demo_length_cap * longest))})
     eos_ids, pad_id = stop_ids(model, tokenizer), tokenizer.pad_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
+    teacher = Teacher(model, cfg.teacher, cfg.ema_rate) if cfg.method == "sdft" else None
+    fsdp = world > 1 and cfg.distributed == "fsdp"
+    if fsdp:  # student and teacher sharded alike, so the EMA runs shard by shard
+        if is_peft(model):
+            raise ValueError("distributed: fsdp with LoRA is not supported; LoRA runs on one "
+                             "device or under ddp")
+        shard(model)
+        if teacher is not None and teacher.model is not None:
+            shard(teacher.model)
+    params = [p for p in model.parameters() if p.requires_grad]  # after sharding: the shards
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total, cfg.warmup_steps, cfg.min_lr_ratio))
-    teacher = Teacher(model, cfg.teacher, cfg.ema_rate) if cfg.method == "sdft" else None
     torch.manual_seed(cfg.seed)
     start, ckpt_dir = 0, Path(output_dir) if output_dir else None
     if (last := latest_checkpoint(ckpt_dir)) is not None:
@@ -230,10 +229,10 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):  # LoRA: frozen embeddings feed the graph
             model.enable_input_require_grads()
-    # DDP averages gradients over ranks; the loss below is a sum over the global batch: × world
+    # DDP and FSDP average gradients over ranks; the loss below is a sum over the global batch: × world
     device = next(model.parameters()).device
     ddp = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
+        model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 and not fsdp else None
     model.train()
     result, began = TrainResult(steps=total, seconds=0.0,
                                 demo_tokens_cut=sum(e.demo_tokens_cut for e in examples),
@@ -249,8 +248,8 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
         for c, chunk in enumerate(chunks):
             batch = [examples[i] for _, i in chunk]
-            last = ddp is None or c == len(chunks) - 1  # DDP syncs on the last micro-batch only
-            with contextlib.nullcontext() if last else ddp.no_sync():
+            # gradients are synchronised on the last micro-batch only
+            with no_gradient_sync(model, ddp, skip=c < len(chunks) - 1):
                 if teacher is not None:
                     seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
                     sources = teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in chunk])
@@ -267,7 +266,7 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         if not math.isfinite(loss):
             raise TrainingDiverged(f"non-finite loss {loss} at step {step}; lower the learning "
                                    "rate or check the data. No checkpoint was written for it.")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+        grad_norm = full(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)).item()
         optimizer.step()
         scheduler.step()
         if teacher is not None:
@@ -285,8 +284,11 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         if rank == 0:
             for callback in callbacks:
                 callback(step + 1, metrics)
-        if ckpt_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and rank == 0:
-            save_checkpoint(ckpt_dir, step + 1, model=model, teacher=teacher,
-                            optimizer=optimizer, scheduler=scheduler, fingerprint=cfg.fingerprint())
+        if ckpt_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            if rank == 0 or fsdp:  # FSDP: every rank gathers its shards, rank 0 writes
+                save_checkpoint(ckpt_dir, step + 1, model=model, teacher=teacher, optimizer=optimizer,
+                                scheduler=scheduler, fingerprint=cfg.fingerprint(), write=rank == 0)
+            if world > 1:  # no rank reads a half-written checkpoint folder
+                torch.distributed.barrier()
     result.seconds = time.perf_counter() - began
     return result

@@ -23,6 +23,7 @@ import torch
 
 from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample
+from sdft_ops.engine.distributed import gathered
 from sdft_ops.engine.sampling import decode, row_seed, until_stop
 
 # (completion token ids without padding, the example) → keep the teacher's rollout?
@@ -71,15 +72,19 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
     """One completion per example, each from its source (student prompt or teacher prompt)."""
     rows: list[torch.Tensor | None] = [None] * len(batch)
     finished = [False] * len(batch)
-    for use_teacher in (False, True):
+    # the sources the config can use, the same on every rank: under FSDP each one's weights are
+    # gathered by all ranks, even those with no row from it, one model at a time
+    sources = [t for t in (False, True) if cfg.rollout == "mixed" or t == (cfg.rollout == "teacher")]
+    for use_teacher in sources:
         idx = [i for i, t in enumerate(from_teacher) if t == use_teacher]
-        if not idx:
-            continue
         model = teacher_model if use_teacher else student
         prompts = [batch[i].teacher_prompt if use_teacher else batch[i].student_prompt for i in idx]
-        out = decode(model, prompts, max_new_tokens=cfg.max_new_tokens, eos_ids=eos_ids,
-                     pad_id=pad_id, top_p=cfg.top_p, seeds=[seeds[i] for i in idx],
-                     temperature=cfg.teacher_temperature if use_teacher else cfg.temperature)
+        with gathered(model):
+            if not idx:
+                continue
+            out = decode(model, prompts, max_new_tokens=cfg.max_new_tokens, eos_ids=eos_ids,
+                         pad_id=pad_id, top_p=cfg.top_p, seeds=[seeds[i] for i in idx],
+                         temperature=cfg.teacher_temperature if use_teacher else cfg.temperature)
         for j, i in enumerate(idx):
             rows[i], finished[i] = out.completion_ids[j], bool(out.finished[j])
     replaced = 0

@@ -18,6 +18,8 @@ from typing import Literal
 
 import torch
 
+from sdft_ops.engine.distributed import copy_full_into, full, local
+
 TeacherKind = Literal["ema", "frozen", "live"]
 PEFT_PREFIX = "base_model.model."
 
@@ -66,16 +68,20 @@ class Teacher:
             return
         params = dict(self.model.named_parameters())
         targets = effective_weights(student)
-        torch._foreach_lerp_([params[n] for n, _ in targets], [w.detach() for _, w in targets],
-                             self.ema_rate)
+        # under FSDP both are sharded alike: the lerp runs on this rank's shards
+        torch._foreach_lerp_([local(params[n]) for n, _ in targets],
+                             [local(w.detach()) for _, w in targets], self.ema_rate)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must keep: the weights that can drift from the student's start."""
         if self.kind != "ema":
             return {}
         # named_parameters, not state_dict: tied weights appear once (safetensors refuses aliases)
-        return {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        return {k: full(v.detach()).clone() for k, v in self.model.named_parameters()}
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if self.kind == "ema":
-            self.model.load_state_dict(state, strict=False)
+            params = dict(self.model.named_parameters())
+            for name, value in state.items():
+                copy_full_into(params[name], value)
