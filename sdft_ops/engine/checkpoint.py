@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sdft_ops.engine.distributed import copy_full_into, full
+from sdft_ops.engine.distributed import copy_full_into, full, shard_like
 
 STEP_PREFIX = "step-"
 
@@ -100,11 +100,8 @@ def load_checkpoint(path: Path, *, model, teacher, optimizer, scheduler, fingerp
         if key == "_empty":
             continue
         index, name = key.split(".", 1)
-        param = order[int(index)]
-        if hasattr(param, "device_mesh") and value.dim():  # FSDP: this rank's shard of it
-            from torch.distributed.tensor import distribute_tensor
-
-            value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+        if value.dim():  # AdamW's moments, sharded like their parameter under FSDP (not `step`)
+            value = shard_like(value, order[int(index)])
         opt_state["state"].setdefault(int(index), {})[name] = value
     optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(state["scheduler"])

@@ -69,19 +69,19 @@ def _fsdp_modules(model: torch.nn.Module | None) -> list:
 
 
 @contextlib.contextmanager
-def gathered(*models: torch.nn.Module | None) -> Iterator[None]:
-    """Inside: the FSDP models' full parameters stay gathered, so forwards need no collective
-    and ranks may run different numbers of them (decoding). A no-op for unsharded models."""
-    modules = [(m, model) for model in models for m in _fsdp_modules(model)]
-    for m, _ in modules:
+def gathered(model: torch.nn.Module) -> Iterator[None]:
+    """Inside: an FSDP model's full parameters stay gathered, so forwards need no collective
+    and ranks may run different numbers of them (decoding). A no-op for an unsharded model."""
+    modules = _fsdp_modules(model)
+    for m in modules:
         m.unshard()
         m.set_reshard_after_forward(False, recurse=False)
     try:
         yield
     finally:
-        for m, root in modules:
+        for m in modules:
             m.reshard()
-            m.set_reshard_after_forward(_reshards_after_forward(m, root), recurse=False)
+            m.set_reshard_after_forward(_reshards_after_forward(m, model), recurse=False)
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
@@ -94,14 +94,18 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
+def shard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A full tensor as `like` holds it: this rank's shard when `like` is a DTensor."""
+    if not hasattr(like, "device_mesh"):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(like.device), like.device_mesh, like.placements)
+
+
 def copy_full_into(target: torch.Tensor, value: torch.Tensor) -> None:
     """Write a full tensor into `target`, keeping only this rank's shard of a DTensor."""
-    if hasattr(target, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
-
-        value = distribute_tensor(value.to(target.device, target.dtype), target.device_mesh,
-                                  target.placements)
-    target.copy_(value)
+    target.copy_(shard_like(value.to(target.dtype), target))
 
 
 def no_gradient_sync(model: torch.nn.Module, ddp, skip: bool):
