@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from sdft_ops.engine import SDFTConfig, TeacherContext
@@ -59,6 +60,24 @@ def test_sampled_token_value_and_score_function_gradient():
     # gradient = d · ∇ log softmax(z)_y = d · (onehot(y) − p_S)
     expected = math.log(0.3 / 0.2) * (torch.tensor([0.0, 1.0, 0.0]) - torch.tensor(P_S))
     torch.testing.assert_close(student.grad[0, 0], expected, atol=1e-6, rtol=1e-6)
+
+
+def test_chunked_forward_kl_equals_autograd_through_log_softmax():
+    """Several chunks per row (T > CHUNK), a non-contiguous view like the model's logits[:, :-1],
+    and an uneven upstream gradient (the per-sequence mask weights)."""
+    torch.manual_seed(0)
+    full_s = torch.randn(3, 71, 50, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(3, 70, 50, dtype=torch.float64)
+    upstream = torch.rand(3, 70, dtype=torch.float64)
+    got = token_divergence(full_s[:, :-1], teacher, "forward_kl")
+    (got * upstream).sum().backward()
+    ref_s = full_s.detach().clone().requires_grad_(True)
+    s, t = F.log_softmax(ref_s[:, :-1].float(), -1), F.log_softmax(teacher.float(), -1)
+    ref = (t.exp() * (t - s)).sum(-1)
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(full_s.grad, ref_s.grad, atol=1e-6, rtol=1e-5)
+    assert full_s.grad[:, -1].abs().sum() == 0  # the dropped last position gets no gradient
 
 
 def test_no_gradient_reaches_the_teacher_logits():

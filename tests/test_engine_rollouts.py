@@ -117,6 +117,25 @@ def test_config_refuses_settings_that_cannot_work():
         SDFTConfig(rollout="teacher", divergence="reverse_kl", estimator="sampled_token")
 
 
+def test_teacher_rollouts_are_scored_by_their_own_decode_as_a_teacher_forward_would():
+    cfg = SDFTConfig(rollout="teacher", **FAST)
+    model, tok, examples, teacher, seeds = _setup(cfg)
+    eos, pad = (tok.eos_token_id,), tok.pad_token_id
+    forwards = []
+    hook = teacher.model.register_forward_hook(lambda m, a, k, out: forwards.append(k["input_ids"].shape),
+                                               with_kwargs=True)
+    kept, _ = sdft_step(model, teacher, examples, seeds, [True] * 4, cfg, eos, pad)
+    decode_calls = len(forwards)
+    assert all(shape[1] == 1 for shape in forwards[1:])  # prefill, then one token a call: no scoring pass
+    # a filter that keeps every rollout forces the separate teacher forward on the same samples
+    accept_all = cfg.model_copy(update={"rollout_filter": "scorer"})
+    scored, _ = sdft_step(model, teacher, examples, seeds, [True] * 4, accept_all, eos, pad,
+                          check=lambda ids, e: True)
+    hook.remove()
+    assert len(forwards) == 2 * decode_calls + 1
+    torch.testing.assert_close(kept, scored, atol=1e-5, rtol=1e-5)
+
+
 def test_nll_on_teacher_rollouts_and_the_sft_anchor_add_up_as_documented():
     cfg = SDFTConfig(rollout="mixed", **FAST)
     model, tok, examples, teacher, seeds = _setup(cfg)

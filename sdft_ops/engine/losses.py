@@ -12,7 +12,9 @@ Divergences (p_T teacher, p_S student, over the full vocabulary unless said othe
 - jsd         generalised JSD with teacher weight β: m = β p_T + (1−β) p_S,
               β·KL(p_T ‖ m) + (1−β)·KL(p_S ‖ m)  (TRL's `generalized_jsd_loss` convention).
 Estimators:
-- full_vocab     exact sum over V.
+- full_vocab     exact sum over V. Forward KL runs as `ChunkedForwardKL`: a few positions at a
+                 time, keeping nothing of size (B, T, V) beyond the two logit tensors and the
+                 gradient (the generic path holds ~5 such fp32 tensors; benchmarks/step_cost.md).
 - top_k          the k most likely tokens of the distribution the expectation is under (teacher
                  for forward KL, student for reverse KL) plus one "rest" bucket holding the
                  remaining mass: the exact KL between those k+1-way coarsenings (a lower bound of
@@ -42,6 +44,43 @@ def _with_rest_bucket(logp_on_support: torch.Tensor) -> torch.Tensor:
     return torch.cat([logp_on_support, rest.log()], dim=-1)
 
 
+class ChunkedForwardKL(torch.autograd.Function):
+    """KL(softmax(t) ‖ softmax(s)) per position, `CHUNK` positions at a time, in float32.
+
+    Forward keeps only the inputs; backward recomputes, per chunk, the gradient with respect to
+    the student's logits, softmax(s) − softmax(t), scaled by the incoming per-token gradient.
+    The same values and gradients as autograd through log_softmax (tests/test_engine_losses.py),
+    without its saved (B, T, V) intermediates."""
+
+    CHUNK = 32  # positions per chunk: 32 × 49k-vocab rows ≈ 6 MB of float32 per temporary
+
+    @staticmethod
+    def _chunks(logits: torch.Tensor):
+        for b in range(logits.shape[0]):
+            for t0 in range(0, logits.shape[1], ChunkedForwardKL.CHUNK):
+                yield b, slice(t0, t0 + ChunkedForwardKL.CHUNK)
+
+    @staticmethod
+    def forward(ctx, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(student_logits.shape[:2], dtype=torch.float32, device=student_logits.device)
+        for b, span in ChunkedForwardKL._chunks(student_logits):
+            s = F.log_softmax(student_logits[b, span].float(), dim=-1)
+            t = F.log_softmax(teacher_logits[b, span].float(), dim=-1)
+            out[b, span] = _kl(t, s)
+        ctx.save_for_backward(student_logits, teacher_logits)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        student_logits, teacher_logits = ctx.saved_tensors
+        grad = torch.empty(student_logits.shape, dtype=student_logits.dtype, device=student_logits.device)
+        for b, span in ChunkedForwardKL._chunks(student_logits):
+            p_s = F.softmax(student_logits[b, span].float(), dim=-1)
+            p_t = F.softmax(teacher_logits[b, span].float(), dim=-1)
+            grad[b, span] = (p_s.sub_(p_t)).mul_(grad_out[b, span].unsqueeze(-1))
+        return grad, None
+
+
 def token_divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -54,6 +93,8 @@ def token_divergence(
 ) -> torch.Tensor:
     """(B, T, V), (B, T, V) → (B, T) per-token divergence. Gradients flow to the student only."""
     teacher_logits = teacher_logits.detach()
+    if divergence == "forward_kl" and estimator == "full_vocab":
+        return ChunkedForwardKL.apply(student_logits, teacher_logits)
     s = F.log_softmax(student_logits.float(), dim=-1)
     t = F.log_softmax(teacher_logits.float(), dim=-1)
 

@@ -9,6 +9,11 @@
   seeded by (run seed, example id, global position), so it does not depend on the batch, the
   process split or a resume.
 
+Under `rollout: teacher` (no filter) every row is the teacher's own sample, so the logits its
+decode computed are the teacher's scores of that completion: they are kept (`teacher_logits`)
+and the step runs no second teacher forward. `mixed` and filtered runs score every row with one
+teacher forward, so all ranks under FSDP issue the same collectives.
+
 `rollout_filter: scorer` (Yang et al. 2024, "self-distillation bridges distribution gap"): a
 teacher rollout that the domain's scorer rejects against its demonstration is replaced by the
 demonstration itself, so the student is never pulled towards a wrong answer of the teacher.
@@ -55,6 +60,7 @@ class Completions:
     from_teacher: torch.Tensor  # (B,) bool
     finished: torch.Tensor  # (B,) ended with EOS
     replaced: int  # teacher rollouts replaced by their demonstration (rollout_filter)
+    teacher_logits: torch.Tensor | None = None  # (B, T, V) from the teacher's decode (see above)
 
 
 def _stack(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
@@ -75,6 +81,8 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
     # the sources the config can use, the same on every rank: under FSDP each one's weights are
     # gathered by all ranks, even those with no row from it, one model at a time
     sources = [t for t in (False, True) if cfg.rollout == "mixed" or t == (cfg.rollout == "teacher")]
+    keep_logits = cfg.rollout == "teacher" and cfg.rollout_filter == "none"
+    logits = None
     for use_teacher in sources:
         idx = [i for i, t in enumerate(from_teacher) if t == use_teacher]
         model = teacher_model if use_teacher else student
@@ -84,7 +92,9 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
                 continue
             out = decode(model, prompts, max_new_tokens=cfg.max_new_tokens, eos_ids=eos_ids,
                          pad_id=pad_id, top_p=cfg.top_p, seeds=[seeds[i] for i in idx],
-                         temperature=cfg.teacher_temperature if use_teacher else cfg.temperature)
+                         temperature=cfg.teacher_temperature if use_teacher else cfg.temperature,
+                         keep_logits=keep_logits)
+            logits = out.logits
         for j, i in enumerate(idx):
             rows[i], finished[i] = out.completion_ids[j], bool(out.finished[j])
     replaced = 0
@@ -96,4 +106,4 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
                 finished[i], replaced = True, replaced + 1
     device = rows[0].device
     return Completions(_stack(rows, pad_id), torch.tensor(list(from_teacher), device=device),
-                       torch.tensor(finished, device=device), replaced)
+                       torch.tensor(finished, device=device), replaced, logits)

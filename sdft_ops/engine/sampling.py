@@ -65,6 +65,7 @@ class Rollout:
     prompt_mask: torch.Tensor  # (B, P)
     completion_ids: torch.Tensor  # (B, T) pad after EOS
     finished: torch.Tensor  # (B,) ended with EOS within max_new_tokens
+    logits: torch.Tensor | None = None  # (B, T, V) raw logits that predicted each token (keep_logits)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -86,8 +87,11 @@ def decode(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seeds: Sequence[int] | None = None,
+    keep_logits: bool = False,
 ) -> Rollout:
-    """Sample (seeds given) or greedy-decode (seeds None) one completion per prompt."""
+    """Sample (seeds given) or greedy-decode (seeds None) one completion per prompt.
+    `keep_logits`: also return the raw logits behind each token (a teacher's rollout then needs
+    no second forward to be scored)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -102,8 +106,10 @@ def decode(
     cache, attn, pos = out.cache, mask, position_ids(mask)[:, -1:]
     stop = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    tokens_out = []
+    tokens_out, logits_out = [], []
     for _ in range(max_new_tokens):
+        if keep_logits:
+            logits_out.append(out.logits[:, -1, :])
         logits = out.logits[:, -1, :].float()  # (B, V)
         if generators is None:
             next_tokens = logits.argmax(-1)
@@ -125,7 +131,8 @@ def decode(
         out = model(input_ids=next_tokens.unsqueeze(-1), attention_mask=attn, position_ids=pos,
                     cache=cache, use_cache=True)
     model.train(was_training)
-    return Rollout(ids, mask, torch.stack(tokens_out, dim=1), finished)
+    return Rollout(ids, mask, torch.stack(tokens_out, dim=1), finished,
+                   torch.stack(logits_out, dim=1) if keep_logits else None)
 
 
 def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
