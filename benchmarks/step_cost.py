@@ -87,6 +87,7 @@ def measure(method: str, model_name: str, steps: int, settings: dict, lever: str
 
     from sdft_ops.domains import load_shipped
     from sdft_ops.engine import SDFTConfig, train
+    from sdft_ops.engine.precision import bf16_is_fast
 
     if lever:
         undo(lever)
@@ -98,7 +99,10 @@ def measure(method: str, model_name: str, steps: int, settings: dict, lever: str
         from trl_trainer import trl_step_seconds
 
         out = trl_step_seconds(model, tokenizer, [d.prompt_messages()[-1]["content"] for d in demos],
-                               [d.demonstration for d in demos], steps=steps + 1, bf16=True)
+                               [d.demonstration for d in demos], steps=steps + 1,
+                               # the precision our engine runs in here: on a CPU without native
+                               # bf16, TRL's bf16 autocast would be emulated, ~50x slower
+                               bf16=bf16_is_fast(next(model.parameters()).device.type))
         seconds = out["step_seconds"][1:]
     else:
         cfg = SDFTConfig(method=method, max_steps=steps + 1, prompts_per_step=8, max_new_tokens=64,

@@ -1,6 +1,7 @@
 """One decoder: every caller gets the same greedy text for the same model and prompts, with one
 stop rule (the tokenizer's EOS and the generation config's EOS ids)."""
 
+import pytest
 import torch
 
 from sdft_ops.chat import encode_chat, generate_text
@@ -50,3 +51,24 @@ def test_the_generation_config_eos_ids_stop_every_caller(tiny):
         assert generate_text(model, tok, _messages()[1], max_new_tokens=12) == expected.strip()
     finally:
         model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def test_the_static_cache_backend_gives_the_eager_tokens_and_logits(tiny):
+    """`static` is the CUDA-graph backend minus the compile: preallocated cache, full-width mask,
+    prompts padded to a bucket. Sampled and greedy tokens equal eager's; so do the kept logits."""
+    model, tok = tiny
+    encoded = [encode_chat(tok, m) for m in _messages()]
+    kw = dict(max_new_tokens=20, eos_ids=stop_ids(model, tok), pad_id=tok.pad_token_id, keep_logits=True)
+    for seeds in (None, [3, 1, 4, 1, 5]):
+        eager = decode(model, encoded, seeds=seeds, backend="eager", **kw)
+        static = decode(model, encoded, seeds=seeds, backend="static", **kw)
+        assert static.prompt_ids.shape[1] % 64 == 0 and static.prompt_ids.shape[1] > eager.prompt_ids.shape[1]
+        assert torch.equal(static.completion_ids, eager.completion_ids)
+        torch.testing.assert_close(static.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    assert greedy_generate(model, tok, encoded, 12, backend="static") == greedy_generate(model, tok, encoded, 12)
+
+
+def test_cuda_graphs_are_refused_off_cuda_with_the_fix(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="needs a CUDA device.*'static'"):
+        decode(model, [[1, 2, 3]], max_new_tokens=2, eos_ids=(0,), pad_id=0, backend="cuda_graph")

@@ -82,6 +82,11 @@ class SDFTConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1.0)
     samples_per_prompt: Literal[1] = 1
+    decode_backend: Literal["auto", "eager", "static", "cuda_graph"] = Field(
+        "auto", description="how rollouts decode (engine/sampling.py): eager (transformers' growing "
+        "KV cache), static (a preallocated cache, fixed shapes), cuda_graph (static, the per-token "
+        "call replayed as a CUDA graph); auto: cuda_graph on CUDA (eager under fsdp), eager elsewhere. "
+        "The same tokens whichever")
 
     # where each prompt's completion comes from (one per prompt)
     rollout: Literal["student", "teacher", "mixed"] = Field(
@@ -155,6 +160,7 @@ class SDFTConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes training results (resume refuses a mismatch); not the
-        distributed mode: checkpoints resume across ddp / fsdp and world sizes."""
-        relevant = self.model_dump(mode="json", exclude={"checkpoint_every", "gradient_checkpointing", "distributed"})
+        distributed mode or the decode backend: checkpoints resume across ddp / fsdp and world sizes."""
+        relevant = self.model_dump(mode="json", exclude={"checkpoint_every", "gradient_checkpointing", "distributed",
+                                                         "decode_backend"})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -211,6 +211,10 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         if is_peft(model):
             raise ValueError("distributed: fsdp with LoRA is not supported; LoRA runs on one "
                              "device or under ddp")
+        if cfg.decode_backend == "cuda_graph":
+            raise ValueError("decode_backend 'cuda_graph' cannot run under distributed: fsdp (each "
+                             "decode gathers the weights anew); use 'auto' or 'eager'")
+        cfg = cfg.model_copy(update={"decode_backend": "eager"})
         shard(model)
         if teacher is not None and teacher.model is not None:
             shard(teacher.model)

@@ -93,7 +93,7 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
             out = decode(model, prompts, max_new_tokens=cfg.max_new_tokens, eos_ids=eos_ids,
                          pad_id=pad_id, top_p=cfg.top_p, seeds=[seeds[i] for i in idx],
                          temperature=cfg.teacher_temperature if use_teacher else cfg.temperature,
-                         keep_logits=keep_logits)
+                         keep_logits=keep_logits, backend=cfg.decode_backend)
             logits = out.logits
         for j, i in enumerate(idx):
             rows[i], finished[i] = out.completion_ids[j], bool(out.finished[j])

@@ -15,15 +15,20 @@ run, sample the same tokens. Gumbel-max over (logits / T) is exact categorical s
 from __future__ import annotations
 
 import hashlib
+import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged ids → (B, L) ids and attention mask, padded on the left (for decoding)."""
-    width = max(len(s) for s in seqs)
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device,
+             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged ids → (B, L) ids and attention mask, padded on the left (for decoding) to the
+    longest or to `width`."""
+    width = width or max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
@@ -76,6 +81,69 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+DecodeBackend = Literal["auto", "eager", "static", "cuda_graph"]
+PROMPT_BUCKET = 64  # static backends pad prompts to a multiple of this: few shapes, few graphs
+_GRAPH_FAILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+log = logging.getLogger(__name__)
+
+
+def resolve_backend(backend: DecodeBackend, device: torch.device) -> str:
+    """`auto`: CUDA graphs on a CUDA device, eager elsewhere."""
+    if backend == "auto":
+        return "cuda_graph" if device.type == "cuda" else "eager"
+    if backend == "cuda_graph" and device.type != "cuda":
+        raise ValueError(f"decode_backend 'cuda_graph' needs a CUDA device, not {device.type}; "
+                         "use 'eager' or 'static' (the same static cache, not compiled)")
+    return backend
+
+
+class _ModelCalls:
+    """The model calls of one decode: the prompt, then one token per call.
+
+    - eager: transformers' growing KV cache; the attention mask grows by a column per token.
+    - static: a StaticCache of prompt + max_new_tokens and a mask of that full width (future
+      columns 0): every per-token call has the same shapes and buffers.
+    - cuda_graph: static, with the per-token call compiled by torch.compile(mode=
+      "reduce-overhead"), which replays it as one CUDA graph instead of hundreds of launches.
+    """
+
+    def __init__(self, model, ids, mask, max_new_tokens: int, backend: str):
+        self.model, self.backend, self.width = model, backend, ids.shape[1]
+        self.pos = position_ids(mask)[:, -1:]
+        if backend == "eager":
+            self.attn, self.cache = mask, None
+        else:
+            from transformers import StaticCache
+
+            self.cache = StaticCache(config=model.config, max_cache_len=self.width + max_new_tokens)
+            self.attn = torch.cat([mask, mask.new_zeros(mask.shape[0], max_new_tokens)], dim=1)
+        self.step_fn = model
+        if backend == "cuda_graph":  # compiled once per model, kept in its __dict__ (not a submodule)
+            if "_sdft_graph_forward" not in model.__dict__:
+                model.__dict__["_sdft_graph_forward"] = torch.compile(
+                    model.forward, mode="reduce-overhead", dynamic=False)
+            self.step_fn = model.__dict__["_sdft_graph_forward"]
+        out = model(input_ids=ids, attention_mask=mask if self.cache is None else self.attn[:, : self.width],
+                    position_ids=position_ids(mask), cache=self.cache, use_cache=True, logits_to_keep=1)
+        # transformers ≥ 5.24 names the KV cache `cache` (in and out); we require that version
+        self.cache, self.logits = out.cache, out.logits[:, -1, :]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row; → the logits (B, V) that predict the next."""
+        self.pos = self.pos + 1
+        if self.backend == "eager":
+            self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=-1)
+        else:
+            self.attn[:, self.width] = 1
+            self.width += 1
+        if self.backend == "cuda_graph":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are read
+        out = self.step_fn(input_ids=tokens.unsqueeze(-1), attention_mask=self.attn, position_ids=self.pos,
+                           cache=self.cache, use_cache=True)
+        self.logits = out.logits[:, -1, :].clone() if self.backend == "cuda_graph" else out.logits[:, -1, :]
+        return self.logits
+
+
 @torch.no_grad()
 def decode(
     model,
@@ -88,29 +156,46 @@ def decode(
     top_p: float = 1.0,
     seeds: Sequence[int] | None = None,
     keep_logits: bool = False,
+    backend: DecodeBackend = "eager",
 ) -> Rollout:
     """Sample (seeds given) or greedy-decode (seeds None) one completion per prompt.
     `keep_logits`: also return the raw logits behind each token (a teacher's rollout then needs
-    no second forward to be scored)."""
+    no second forward to be scored). `backend`: how the per-token calls run (`_ModelCalls`);
+    every backend gives the same tokens (tests/test_decoding.py). If compiling or capturing
+    the CUDA graph fails, this model decodes eagerly from then on (one warning)."""
+    device = next(model.parameters()).device
+    backend = resolve_backend(backend, device)
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, temperature=temperature,
+                  top_p=top_p, seeds=seeds, keep_logits=keep_logits)
+    if backend != "cuda_graph" or model in _GRAPH_FAILED:
+        return _decode(model, prompts, backend="eager" if backend == "cuda_graph" else backend, **kwargs)
+    try:
+        return _decode(model, prompts, backend=backend, **kwargs)
+    except Exception as err:  # noqa: BLE001  a compiler or capture failure must not stop training
+        log.warning("CUDA-graph decoding failed (%s: %s); decoding eagerly from now on",
+                    type(err).__name__, err)
+        _GRAPH_FAILED.add(model)
+        return _decode(model, prompts, backend="eager", **kwargs)
+
+
+def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, seeds,
+            keep_logits, backend) -> Rollout:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
+    width = None if backend == "eager" else -(-max(map(len, prompts)) // PROMPT_BUCKET) * PROMPT_BUCKET
+    ids, mask = left_pad(prompts, pad_id, device, width)
     generators = None
     if seeds is not None:
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                use_cache=True, logits_to_keep=1)
-    # transformers ≥ 5.24 names the KV cache `cache` (in and out); we require that version
-    cache, attn, pos = out.cache, mask, position_ids(mask)[:, -1:]
+    calls = _ModelCalls(model, ids, mask, max_new_tokens, backend)
     stop = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens_out, logits_out = [], []
     for _ in range(max_new_tokens):
         if keep_logits:
-            logits_out.append(out.logits[:, -1, :])
-        logits = out.logits[:, -1, :].float()  # (B, V)
+            logits_out.append(calls.logits)
+        logits = calls.logits.float()  # (B, V)
         if generators is None:
             next_tokens = logits.argmax(-1)
         else:
@@ -126,17 +211,14 @@ def decode(
         finished |= torch.isin(next_tokens, stop)
         if bool(finished.all()):
             break
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
-        pos = pos + 1
-        out = model(input_ids=next_tokens.unsqueeze(-1), attention_mask=attn, position_ids=pos,
-                    cache=cache, use_cache=True)
+        calls.step(next_tokens)
     model.train(was_training)
     return Rollout(ids, mask, torch.stack(tokens_out, dim=1), finished,
                    torch.stack(logits_out, dim=1) if keep_logits else None)
 
 
 def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    batch_size: int = 16) -> list[str]:
+                    batch_size: int = 16, backend: DecodeBackend = "auto") -> list[str]:
     """Greedy continuations of tokenized prompts (longest first, in batches of `batch_size`),
     cut at the first stop id and decoded without special tokens, in prompt order."""
     if batch_size < 1:
@@ -148,7 +230,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         out = decode(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                     eos_ids=eos_ids, pad_id=pad)
+                     eos_ids=eos_ids, pad_id=pad, backend=backend)
         for row, i in enumerate(batch):
             texts[i] = tokenizer.decode(until_stop(out.completion_ids[row].tolist(), eos_ids),
                                         skip_special_tokens=True)
