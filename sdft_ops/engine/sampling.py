@@ -10,6 +10,11 @@ it gives per-example sampling seeds. Each row draws its Gumbel noise from its ow
 seeded by (run seed, example id, epoch), so an example's sample does not depend on which other
 examples share its batch or process — which makes 1-process and N-process runs, and a resumed
 run, sample the same tokens. Gumbel-max over (logits / T) is exact categorical sampling.
+
+Backends (`decode_backend`, `_ModelCalls`): eager (transformers' growing KV cache), static (a
+preallocated cache: fixed shapes), cuda_graph (static, the per-token call replayed as a CUDA
+graph). On a CPU the loop is bound by reading the weights once per token (~0.5 GB for the
+135M model), so only fewer tokens or more rows per call make it cheaper there.
 """
 
 from __future__ import annotations
@@ -108,7 +113,7 @@ class _ModelCalls:
     """
 
     def __init__(self, model, ids, mask, max_new_tokens: int, backend: str):
-        self.model, self.backend, self.width = model, backend, ids.shape[1]
+        self.backend, self.width = backend, ids.shape[1]
         self.pos = position_ids(mask)[:, -1:]
         if backend == "eager":
             self.attn, self.cache = mask, None
