@@ -83,10 +83,9 @@ class SDFTConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1.0)
     samples_per_prompt: Literal[1] = 1
     decode_backend: Literal["auto", "eager", "static", "cuda_graph"] = Field(
-        "auto", description="how rollouts decode (engine/sampling.py): eager (transformers' growing "
-        "KV cache), static (a preallocated cache, fixed shapes), cuda_graph (static, the per-token "
-        "call replayed as a CUDA graph); auto: cuda_graph on CUDA (eager under fsdp), eager elsewhere. "
-        "The same tokens whichever")
+        "auto", description="how rollouts decode (sampling._ModelCalls): eager, static (a "
+        "preallocated KV cache) or cuda_graph; auto: cuda_graph on CUDA (eager under fsdp), eager "
+        "elsewhere. The same tokens whichever")
 
     # where each prompt's completion comes from (one per prompt)
     rollout: Literal["student", "teacher", "mixed"] = Field(

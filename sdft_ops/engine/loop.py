@@ -214,7 +214,8 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         if cfg.decode_backend == "cuda_graph":
             raise ValueError("decode_backend 'cuda_graph' cannot run under distributed: fsdp (each "
                              "decode gathers the weights anew); use 'auto' or 'eager'")
-        cfg = cfg.model_copy(update={"decode_backend": "eager"})
+        if cfg.decode_backend == "auto":
+            cfg = cfg.model_copy(update={"decode_backend": "eager"})
         shard(model)
         if teacher is not None and teacher.model is not None:
             shard(teacher.model)

@@ -11,10 +11,9 @@ seeded by (run seed, example id, epoch), so an example's sample does not depend 
 examples share its batch or process — which makes 1-process and N-process runs, and a resumed
 run, sample the same tokens. Gumbel-max over (logits / T) is exact categorical sampling.
 
-Backends (`decode_backend`, `_ModelCalls`): eager (transformers' growing KV cache), static (a
-preallocated cache: fixed shapes), cuda_graph (static, the per-token call replayed as a CUDA
-graph). On a CPU the loop is bound by reading the weights once per token (~0.5 GB for the
-135M model), so only fewer tokens or more rows per call make it cheaper there.
+How the per-token calls run is the backend (`decode_backend`: eager, static, cuda_graph; see
+`_ModelCalls`). On a CPU the loop is bound by reading the weights once per token (~0.5 GB for
+the 135M model), so only fewer tokens or more rows per call make it cheaper there.
 """
 
 from __future__ import annotations
@@ -128,7 +127,7 @@ class _ModelCalls:
                 model.__dict__["_sdft_graph_forward"] = torch.compile(
                     model.forward, mode="reduce-overhead", dynamic=False)
             self.step_fn = model.__dict__["_sdft_graph_forward"]
-        out = model(input_ids=ids, attention_mask=mask if self.cache is None else self.attn[:, : self.width],
+        out = model(input_ids=ids, attention_mask=self.attn[:, : self.width],
                     position_ids=position_ids(mask), cache=self.cache, use_cache=True, logits_to_keep=1)
         # transformers ≥ 5.24 names the KV cache `cache` (in and out); we require that version
         self.cache, self.logits = out.cache, out.logits[:, -1, :]
@@ -172,8 +171,10 @@ def decode(
     backend = resolve_backend(backend, device)
     kwargs = dict(max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, temperature=temperature,
                   top_p=top_p, seeds=seeds, keep_logits=keep_logits)
-    if backend != "cuda_graph" or model in _GRAPH_FAILED:
-        return _decode(model, prompts, backend="eager" if backend == "cuda_graph" else backend, **kwargs)
+    if backend == "cuda_graph" and model in _GRAPH_FAILED:
+        backend = "eager"
+    if backend != "cuda_graph":
+        return _decode(model, prompts, backend=backend, **kwargs)
     try:
         return _decode(model, prompts, backend=backend, **kwargs)
     except Exception as err:  # noqa: BLE001  a compiler or capture failure must not stop training
