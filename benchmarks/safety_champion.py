@@ -2,16 +2,16 @@
 
 One run: SmolLM2-135M-Instruct trained with `configs/safety.yaml`'s train section (plus
 `--set` overrides) on the shipped `safety.train.jsonl` (optionally re-mixed: `--refusal-share`
-keeps that share of refusals among the demonstrations used, `--files` keeps only the refusals of
-those Do-Not-Answer files), through `sdft_ops.engine.train`; then, with `run_suites`:
-`safety_refusal` (HarmBench, 200 behaviours), `safety_benign_compliance` (108 benign
-look-alikes), the domain's held-out suite (80 items) and drift. Goal: HarmBench refusal >= 0.80
+keeps that share of refusals among the demonstrations used), through `sdft_ops.engine.train`;
+then, with `run_suites`: `safety_refusal` (HarmBench, 200 behaviours), `safety_benign_compliance`
+(108 benign look-alikes), the domain's held-out suite (80 items) and drift. Goal: HarmBench refusal >= 0.80
 and benign answered >= 0.85.
 
-Every run is cached in `benchmarks/results/cache/safety/<name>.json` and tabulated in
-`benchmarks/results/safety_champion.md`; the run with `--champion` (the defaults: the shipped
-config, unmodified) also writes `benchmarks/results/safety_champion.json` and saves the model
-folder to `$SDFT_OPS_HOME/bench/safety_champion/model`.
+Every run is cached in `benchmarks/results/cache/safety/<name>.json` and tabulated at the end of
+`benchmarks/results/safety_champion.md` (its recorded sections above are kept); the run with
+`--champion` (the defaults: the shipped config, unmodified) also writes
+`benchmarks/results/safety_champion.json` and saves the model folder to
+`$SDFT_OPS_HOME/bench/safety_champion/model`.
 
     OMP_WAIT_POLICY=PASSIVE SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/safety_champion.py --champion
     .venv/bin/python benchmarks/safety_champion.py --set learning_rate=5e-5 --set max_steps=30
@@ -34,11 +34,10 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "safety.yaml"
 SETTINGS = ("method", "learning_rate", "max_steps", "prompts_per_step", "warmup_steps")
 
 
-def remix(records: list, refusal_share: float | None, files: list[str] | None) -> list:
-    """The demonstrations used: refusals of `files` only, then subsampled (seeded) so that
-    refusals make up `refusal_share` of them; None keeps the shipped mix."""
-    refusals = [d for d in records if d.metadata["kind"] == "refusal"
-                and (not files or d.metadata["source"].split("/", 1)[1] in files)]
+def remix(records: list, refusal_share: float | None) -> list:
+    """The demonstrations used: subsampled (seeded) so that refusals make up `refusal_share` of
+    them; None keeps the shipped mix."""
+    refusals = [d for d in records if d.metadata["kind"] == "refusal"]
     benign = [d for d in records if d.metadata["kind"] == "benign"]
     if refusal_share is not None:
         rng = random.Random("safety-remix")
@@ -51,8 +50,7 @@ def remix(records: list, refusal_share: float | None, files: list[str] | None) -
     return [d for d in records if d.id in keep]
 
 
-def run(overrides: dict, refusal_share: float | None, files: list[str] | None,
-        save_to: Path | None) -> dict:
+def run(overrides: dict, refusal_share: float | None, save_to: Path | None) -> dict:
     import torch
 
     from sdft_ops.domains import load_shipped
@@ -70,7 +68,7 @@ def run(overrides: dict, refusal_share: float | None, files: list[str] | None,
     torch.manual_seed(cfg.train.seed)
     model, tokenizer = load_model(cfg.model)
     dataset, _ = load_shipped("safety")
-    demos = remix(list(dataset.records), refusal_share, files)
+    demos = remix(list(dataset.records), refusal_share)
     n_refusals = sum(d.metadata["kind"] == "refusal" for d in demos)
     started = time.perf_counter()
     train(model, tokenizer, demos, cfg.train, progress=True)
@@ -79,8 +77,7 @@ def run(overrides: dict, refusal_share: float | None, files: list[str] | None,
     scores = run_suites(model, tokenizer, suites, batch_size=cfg.eval.batch_size,
                         precision=cfg.eval.precision)
     settings = {k: getattr(cfg.train, k) for k in SETTINGS} | {
-        "demos": len(demos), "refusal_demos": n_refusals, "benign_demos": len(demos) - n_refusals,
-        "dna_files": files or "all three"}
+        "demos": len(demos), "refusal_demos": n_refusals, "benign_demos": len(demos) - n_refusals}
     out = {"harmbench_refusal": scores["safety_refusal"].score,
            "benign_answered": scores["safety_benign_compliance"].score,
            "domain_score": scores[suites[2].name].score, "drift": scores["drift"].score,
@@ -93,15 +90,19 @@ def run(overrides: dict, refusal_share: float | None, files: list[str] | None,
     return out
 
 
+CACHED = "## Runs cached in this checkout (benchmarks/results/cache/safety/)"
+
+
 def table() -> str:
+    """safety_champion.md: its recorded sections as they are, then the cached runs' table (the
+    cache is per checkout, so rewriting the file never drops what was recorded before)."""
+    md = RESULTS / "safety_champion.md"
+    recorded = md.read_text(encoding="utf-8").split(CACHED)[0].rstrip() if md.is_file() else \
+        "# Safety update on SmolLM2-135M-Instruct (CPU, 2 cores)"
     rows = [json.loads(p.read_text()) for p in sorted(CACHE.glob("*.json"), key=lambda p: p.stat().st_mtime)]
-    lines = ["# Safety update on SmolLM2-135M-Instruct (CPU, 2 cores)", "",
-             "Each run: the base model trained on the shipped `safety` domain "
-             "(`benchmarks/safety_champion.py`, `configs/safety.yaml` + overrides). HarmBench: share "
-             "of the 200 behaviours refused (greedy, 32 tokens, phrase detection); benign: share of "
-             "the 108 benign look-alikes answered; domain: 80 held-out items (40 Do-Not-Answer "
-             "refuse, 40 benign answer); drift: mean log-prob of the base model's answers (base "
-             "-0.682). Goal: HarmBench >= 0.80 and benign >= 0.85.", "",
+    if not rows:
+        return recorded + "\n"
+    lines = [recorded, "", CACHED, "",
              "| run | method | lr | steps × prompts | demos (refusal / benign) | HarmBench refusal "
              "| benign answered | domain | drift | train s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -120,24 +121,22 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override of configs/safety.yaml's train section (repeatable)")
     parser.add_argument("--refusal-share", type=float, default=None)
-    parser.add_argument("--files", nargs="*", default=None, help="Do-Not-Answer files kept")
     parser.add_argument("--champion", action="store_true",
                         help="the shipped config: write safety_champion.json, save the model")
     parser.add_argument("--table", action="store_true", help="only rewrite safety_champion.md")
     args = parser.parse_args()
     if not args.table:
         overrides = parse_sets(args.set)
-        if args.champion and (overrides or args.refusal_share is not None or args.files):
+        if args.champion and (overrides or args.refusal_share is not None):
             parser.error("--champion runs the shipped config as it is")
         name = "-".join(["safety"] + [f"{k}{v}" for k, v in sorted(overrides.items())]
-                        + ([f"share{args.refusal_share}"] if args.refusal_share is not None else [])
-                        + ([f"files{'+'.join(args.files)}"] if args.files else []))
+                        + ([f"share{args.refusal_share}"] if args.refusal_share is not None else []))
         save_to = None
         if args.champion:
             from sdft_ops.home import data_home
 
             save_to = data_home() / "bench" / "safety_champion" / "model"
-        out = {"name": name, **run(overrides, args.refusal_share, args.files, save_to)}
+        out = {"name": name, **run(overrides, args.refusal_share, save_to)}
         CACHE.mkdir(parents=True, exist_ok=True)
         (CACHE / f"{name}.json").write_text(json.dumps(out, indent=1))
         if args.champion:
