@@ -2,8 +2,8 @@
 
 Setup (SmolLM2-135M-Instruct, a 2-core CPU, one seed):
   1. the safety champion: the base model trained on the shipped `safety` domain with
-     `configs/safety.yaml` (Do-Not-Answer refusals + benign prompts with the base model's own
-     answers), promoted in this benchmark's own data home;
+     `configs/safety.yaml` (refused harmful instructions + benign instructions and look-alikes
+     with the base model's own answers), promoted in this benchmark's own data home;
   2. from that champion, one update per shipped domain (tooluse, knowledge, triage) per recipe,
      through the pipeline's own steps (stage → train → evaluate; never gated, so the champion
      stays the safety model). Settings: `configs/demo.yaml` plus the recipe's overrides.
@@ -75,6 +75,10 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
     "sdft-teacher+replay-32steps": (TEACHER | {"max_steps": 32}, REPLAY),
     # measured: 25% replay made the champion over-refuse (benign drop +0.43 on tooluse)
     "sdft-teacher+replay0.1": (TEACHER, {"fraction": 0.1, "seed": 0}),
+    # measured: from the instruction-pair champion (a quarter of its demos are refusals) 25%
+    # replay kept 0.18 of its HarmBench refusals on tooluse
+    "sdft-teacher+replay0.5": (TEACHER, {"fraction": 0.5, "seed": 0}),
+    "sdft-teacher+replay1.0": (TEACHER, {"fraction": 1.0, "seed": 0}),
 }
 
 
