@@ -6,7 +6,10 @@ champion, its parent, ... — the safety update included), read from `updates/<i
 The draw is a seeded shuffle of the pool sorted by (update id, demonstration id), keyed by the
 replay seed and the new data's content hash: the same champion and the same data always replay
 the same demonstrations. Replayed ids (`replay:<update id>:<demo id>`) are recorded in the update
-state and logged to its MLflow run. Under SDFT a replayed prompt is distilled like a new one,
+state and logged to its MLflow run. `kind_shares` stratifies the draw by the demonstrations'
+`metadata.kind` (the safety domain's `refusal` / `benign`): `{refusal: 0.5}` makes half of the
+replayed demonstrations refusals, the rest drawn from the other kinds (a kind with fewer
+demonstrations than its quota gives all it has). Under SDFT a replayed prompt is distilled like a new one,
 with its own demonstration in the teacher's context; under SFT it is one more label.
 """
 
@@ -16,7 +19,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdft_ops.data import Demonstration, load_demonstrations
 
@@ -28,6 +31,15 @@ class ReplayConfig(BaseModel):
 
     fraction: float = Field(0.0, ge=0.0, le=4.0, description="replayed / new demonstrations")
     seed: int = 0
+    kind_shares: dict[str, float] = Field(
+        default_factory=dict, description="metadata.kind → share of the replayed demonstrations")
+
+    @field_validator("kind_shares")
+    @classmethod
+    def _shares_sum_to_at_most_one(cls, shares: dict[str, float]) -> dict[str, float]:
+        if any(not 0.0 < v <= 1.0 for v in shares.values()) or sum(shares.values()) > 1.0:
+            raise ValueError(f"replay.kind_shares must be in (0, 1] and sum to <= 1, got {shares}")
+        return shares
 
 
 def lineage_pool(registry, home: Path, champion: str | None) -> list[Demonstration]:
@@ -56,4 +68,18 @@ def draw_replay(pool: Sequence[Demonstration], n_new: int, cfg: ReplayConfig,
         return []
     order = list(range(len(pool)))
     random.Random(f"{cfg.seed}:{data_hash}").shuffle(order)
-    return [pool[i] for i in sorted(order[:n])]
+    if not cfg.kind_shares:
+        return [pool[i] for i in sorted(order[:n])]
+    # stratified: the same seeded order, each listed kind up to its quota, the others up to the rest
+    quota = {kind: round(share * n) for kind, share in cfg.kind_shares.items()}
+    rest, chosen = n - sum(quota.values()), []
+    for i in order:
+        kind = pool[i].metadata.get("kind")
+        if quota.get(kind, 0) > 0:
+            quota[kind] -= 1
+        elif kind in quota or rest == 0:
+            continue
+        else:
+            rest -= 1
+        chosen.append(i)
+    return [pool[i] for i in sorted(chosen)]
