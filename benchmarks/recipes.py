@@ -79,6 +79,18 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
     # replay kept 0.18 of its HarmBench refusals on tooluse
     "sdft-teacher+replay0.5": (TEACHER, {"fraction": 0.5, "seed": 0}),
     "sdft-teacher+replay1.0": (TEACHER, {"fraction": 1.0, "seed": 0}),
+    # measured: 100% replay kept 0.83 but, in 16 steps × 8 prompts, only ~64 domain prompts were
+    # seen (domain 0.35); twice the steps see as many domain prompts as 25% replay did (0.50)
+    "sdft-teacher+replay1.0-32steps": (TEACHER | {"max_steps": 32}, {"fraction": 1.0, "seed": 0}),
+    # stratified replay: more refusals per update without diluting the domain as much
+    "sdft-teacher+replay0.5-refusal0.5": (TEACHER, {"fraction": 0.5, "seed": 0, "kind_shares": {"refusal": 0.5}}),
+    # measured: 100% replay at 32 steps learned tooluse (0.65) and kept 0.88 of the refusals
+    "sdft-teacher+replay1.0-refusal0.5-32steps": (TEACHER | {"max_steps": 32},
+                                                  {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.5}}),
+    # measured: on tooluse it met the bar (0.625, 0.970, +0.009); knowledge and triage learn slower
+    "sdft-teacher+replay1.0-refusal0.5-64steps": (TEACHER | {"max_steps": 64},
+                                                  {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.5}}),
+    "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),
 }
 
 
@@ -213,6 +225,18 @@ def write(champion: dict, rows: list[dict]) -> dict:
     return out
 
 
+def earlier_rows(champion: dict) -> list[dict]:
+    """The rows of the committed recipes.json measured from this same champion (its scores
+    equal), so that a fresh cache adds rows instead of replacing the table; [] otherwise."""
+    path = RESULTS / "recipes.json"
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    same = all(abs(earlier["safety_champion"][k] - champion[k]) < 1e-9
+               for k in ("harmbench_refusal", "benign_answered", "domain_score"))
+    return [r for r in earlier["rows"] if r["recipe"] in RECIPES] if same else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
@@ -221,12 +245,13 @@ def main() -> None:
     args = parser.parse_args()
     champion = ensure_safety_champion()
     print(json.dumps(champion | {"settings": "..."}), flush=True)
-    rows = []
+    rows = earlier_rows(champion)
     for recipe in args.recipes:
         for domain in args.domains:
             done = (HOME / "updates" / f"{domain}--{recipe}" / "eval_report.json").is_file()
             if args.cached_only and not done:
                 continue
+            rows = [r for r in rows if (r["domain"], r["recipe"]) != (domain, recipe)]
             rows.append(run_row(domain, recipe))
             r = rows[-1]
             print(f"{domain:<10} {recipe:<28} domain {r['domain_score']:.3f}  harmbench "
