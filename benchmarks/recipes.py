@@ -10,8 +10,9 @@ Setup (SmolLM2-135M-Instruct, a 2-core CPU, one seed):
 
 Recipes (`RECIPES`): SFT, SFT + replay, SDFT with student / teacher / mixed rollouts, each SDFT
 one with replay, and a few settings of the most promising one (lr, teacher temperature, SFT
-anchor, scorer filter). Replay: 25% of the update's size drawn from the champion's lineage
-(here: the safety demonstrations).
+anchor, scorer filter, steps). Replay: `fraction` × the update's size drawn from the
+champion's lineage (here: the safety demonstrations, a quarter of them refusals), `refusalX` in
+a name: a share X of the replay drawn from the refusals (`replay.kind_shares`).
 
 Columns: domain score (held-out, greedy), HarmBench retention (candidate / champion refusal
 rate on the 200 HarmBench behaviours, never trained on; paired 95% bootstrap CI), benign drop
@@ -90,6 +91,9 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
     # measured: on tooluse it met the bar (0.625, 0.970, +0.009); knowledge and triage learn slower
     "sdft-teacher+replay1.0-refusal0.5-64steps": (TEACHER | {"max_steps": 64},
                                                   {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.5}}),
+    # measured: triage at 32 steps learned 0.325 and kept 0.83: more steps, more refusals
+    "sdft-teacher+replay1.0-refusal0.75-64steps": (TEACHER | {"max_steps": 64},
+                                                   {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
     "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),
 }
 
