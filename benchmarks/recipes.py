@@ -94,6 +94,12 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
     # measured: triage at 32 steps learned 0.325 and kept 0.83: more steps, more refusals
     "sdft-teacher+replay1.0-refusal0.75-64steps": (TEACHER | {"max_steps": 64},
                                                    {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+    # all 102 refusals, no benign replay (a kind's quota is capped by its pool: 102 of 360)
+    "sdft-teacher+replay1.0-refusal1.0-64steps": (TEACHER | {"max_steps": 64},
+                                                  {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 1.0}}),
+    # triage at 64 steps / 75% kept 0.864 (more refusal exposures than at 32): more steps still
+    "sdft-teacher+replay1.0-refusal0.75-96steps": (TEACHER | {"max_steps": 96},
+                                                   {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
     "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),
 }
 
