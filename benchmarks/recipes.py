@@ -100,6 +100,15 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
     # triage at 64 steps / 75% kept 0.864 (more refusal exposures than at 32): more steps still
     "sdft-teacher+replay1.0-refusal0.75-96steps": (TEACHER | {"max_steps": 96},
                                                    {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+    # triage at 64 steps / 75% learned 0.475 but kept 0.864; at 96 steps it kept 0.934 and
+    # learned 0.075. The filter swaps teacher samples the scorer rejects (a wrong triage, a
+    # safety prompt not refused) for the demonstration; the anchor adds the demos' NLL.
+    "sdft-teacher+filter+replay1.0-refusal0.75-64steps": (
+        TEACHER | {"max_steps": 64, "rollout_filter": "scorer"},
+        {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+    "sdft-teacher+anchor+replay1.0-refusal0.75-64steps": (
+        TEACHER | {"max_steps": 64, "sft_weight": 1.0},
+        {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
     "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),
 }
 
