@@ -110,13 +110,10 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
         TEACHER | {"max_steps": 64, "sft_weight": 1.0},
         {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
     # measured on triage: the filter kept 0.98 but learned 0.30; the anchor learned 0.475, kept
-    # 0.934, over-refused (benign drop +0.065). Both together; the anchor with more benign replay
+    # 0.934, over-refused (benign drop +0.065). Both together: triage 0.55 / 0.929 / −0.000
     "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps": (
         TEACHER | {"max_steps": 64, "rollout_filter": "scorer", "sft_weight": 1.0},
         {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
-    "sdft-teacher+anchor+replay1.0-refusal0.5-64steps": (
-        TEACHER | {"max_steps": 64, "sft_weight": 1.0},
-        {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.5}}),
     "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),
 }
 
