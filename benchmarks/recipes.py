@@ -6,7 +6,7 @@ Setup (SmolLM2-135M-Instruct, a 2-core CPU, one seed):
      with the base model's own answers), promoted in this benchmark's own data home;
   2. from that champion, one update per shipped domain (tooluse, knowledge, triage) per recipe,
      through the pipeline's own steps (stage → train → evaluate; never gated, so the champion
-     stays the safety model). Settings: `configs/demo.yaml` plus the recipe's overrides.
+     stays the safety model). Settings: `configs/demo.yaml`, `RECIPE_BASE`, the recipe's overrides.
 
 Recipes (`RECIPES`): SFT, SFT + replay, SDFT with student / teacher / mixed rollouts, each SDFT
 one with replay, and a few settings of the most promising one (lr, teacher temperature, SFT
@@ -57,6 +57,10 @@ OPEN_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop": 1.0}
              "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
              "required_suites": []}
 REPLAY = {"fraction": 0.25, "seed": 0}
+# The train settings every recipe starts from, over configs/demo.yaml's: the demo config now
+# holds the chosen recipe, so a name keeps meaning what it was measured as (16 steps, no filter,
+# no anchor unless the name says so).
+RECIPE_BASE = {"max_steps": 16, "rollout_filter": "none", "sft_weight": 0.0}
 TEACHER = {"rollout": "teacher"}
 STUDENT = {"rollout": "student"}  # the paper (explicit: configs/demo.yaml may set another)
 SFT = {"method": "sft", "learning_rate": 1e-4, "rollout": "student"}  # rollout is SDFT-only
@@ -122,7 +126,7 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
 def recipe_config(name: str) -> UpdateConfig:
     train, replay = RECIPES[name]
     raw = UpdateConfig.from_yaml(ROOT / "configs" / "demo.yaml").model_dump(mode="json")
-    raw["train"] |= train | {"checkpoint_every": 0}
+    raw["train"] |= RECIPE_BASE | train | {"checkpoint_every": 0}
     raw["eval"] |= EVAL
     raw["gate"], raw["ceiling"]["enabled"] = OPEN_GATE, False
     raw["replay"] = replay or {"fraction": 0.0}
