@@ -43,7 +43,9 @@ PERMISSIVE_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop"
                    "domain_rule": {"min_gain": -1.0}, "earlier_domain_rule": {"max_drop": 1.0},
                    "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
                    "required_suites": []}
-SFT = {"method": "sft", "learning_rate": 1e-4, "rollout": "student"}  # rollout is SDFT-only
+# configs/demo.yaml's train is the chosen SDFT recipe: the other cells reset its SDFT-only knobs
+NOT_SDFT = {"rollout": "student", "rollout_filter": "none", "sft_weight": 0.0}
+SFT = {"method": "sft", "learning_rate": 1e-4} | NOT_SDFT
 REPLAY = {"fraction": 0.25, "seed": 0}
 
 
@@ -62,7 +64,7 @@ def methods() -> dict[str, tuple[dict, dict]]:
     """cell name → (train overrides of configs/demo.yaml, replay)."""
     _, train, replay = chosen_recipe()
     return {"sft": (SFT, {"fraction": 0.0}), "sft+replay": (SFT, REPLAY),
-            "sdft-chosen": (train, replay), "sdft-paper": ({"rollout": "student"}, {"fraction": 0.0})}
+            "sdft-chosen": (train, replay), "sdft-paper": (NOT_SDFT, {"fraction": 0.0})}
 
 
 def write_base_config(home: Path) -> Path:

@@ -90,10 +90,12 @@ class DemoChain(BaseModel):
 
 
 def recipe_name(cfg: UpdateConfig) -> str:
-    """`sft`, `sdft-teacher`, ... `+replay`: the names of benchmarks/recipes.py."""
+    """`sft`, `sdft-teacher`, ... `+filter`, `+anchor`, `+replay`: as benchmarks/recipes.py names them."""
     t = cfg.train
-    name = "sft" if t.method == "sft" else f"sdft-{t.rollout}"
-    return name + ("+replay" if cfg.replay.fraction > 0 else "")
+    if t.method == "sft":
+        return "sft" + ("+replay" if cfg.replay.fraction > 0 else "")
+    return (f"sdft-{t.rollout}" + ("+filter" if t.rollout_filter == "scorer" else "")
+            + ("+anchor" if t.sft_weight > 0 else "") + ("+replay" if cfg.replay.fraction > 0 else ""))
 
 
 def accuracy_matrix(stage_refs, suites, cfg: UpdateConfig, home: Path,

@@ -30,3 +30,13 @@ def test_the_7b_fsdp_recipe_is_what_docs_scaling_computes():
     assert cfg.model.dtype == "float32" and cfg.train.teacher == "ema"
     assert cfg.train.gradient_checkpointing and cfg.train.prompts_per_step == 16
     assert cfg.train.max_new_tokens == 64
+
+
+def test_every_step_of_the_shipped_demo_chain_builds_its_config():
+    from sdft_ops.demo import DemoChain, recipe_name
+
+    chain = DemoChain.from_yaml(CONFIGS / "demo_chain.yaml")
+    configs = [chain.step_config(step) for step in chain.steps]  # raises on an invalid merge
+    rushed = [c for c, s in zip(configs, chain.steps, strict=True) if s.expect == "reject"]
+    assert [recipe_name(c) for c in rushed] == ["sft"]  # plain SFT, no replay: what erased refusals
+    assert recipe_name(configs[1]) == "sdft-teacher+filter+anchor+replay"  # demo.yaml: recipes.json's choice
