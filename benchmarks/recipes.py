@@ -119,6 +119,10 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
     "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps": (
         TEACHER | {"max_steps": 64, "rollout_filter": "scorer", "sft_weight": 1.0},
         {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+    # the chosen recipe on a second seed (training sampling, replay draw)
+    "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps-seed1": (
+        TEACHER | {"max_steps": 64, "rollout_filter": "scorer", "sft_weight": 1.0, "seed": 1},
+        {"fraction": 1.0, "seed": 1, "kind_shares": {"refusal": 0.75}}),
     "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),
 }
 
