@@ -62,6 +62,7 @@ REPLAY = {"fraction": 0.25, "seed": 0}
 # no anchor unless the name says so).
 RECIPE_BASE = {"max_steps": 16, "rollout_filter": "none", "sft_weight": 0.0}
 TEACHER = {"rollout": "teacher"}
+REPLAY_R75 = {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}  # as many replayed as new, 3/4 refusals
 STUDENT = {"rollout": "student"}  # the paper (explicit: configs/demo.yaml may set another)
 SFT = {"method": "sft", "learning_rate": 1e-4, "rollout": "student"}  # rollout is SDFT-only
 # name → (train overrides of configs/demo.yaml, replay). In the order they are run: the most
@@ -98,27 +99,27 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
                                                   {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.5}}),
     # measured: triage at 32 steps learned 0.325 and kept 0.83: more steps, more refusals
     "sdft-teacher+replay1.0-refusal0.75-64steps": (TEACHER | {"max_steps": 64},
-                                                   {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+                                                   REPLAY_R75),
     # all 102 refusals, no benign replay (a kind's quota is capped by its pool: 102 of 360)
     "sdft-teacher+replay1.0-refusal1.0-64steps": (TEACHER | {"max_steps": 64},
                                                   {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 1.0}}),
     # triage at 64 steps / 75% kept 0.864 (more refusal exposures than at 32): more steps still
     "sdft-teacher+replay1.0-refusal0.75-96steps": (TEACHER | {"max_steps": 96},
-                                                   {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+                                                   REPLAY_R75),
     # triage at 64 steps / 75% learned 0.475 but kept 0.864; at 96 steps it kept 0.934 and
     # learned 0.075. The filter swaps teacher samples the scorer rejects (a wrong triage, a
     # safety prompt not refused) for the demonstration; the anchor adds the demos' NLL.
     "sdft-teacher+filter+replay1.0-refusal0.75-64steps": (
         TEACHER | {"max_steps": 64, "rollout_filter": "scorer"},
-        {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+        REPLAY_R75),
     "sdft-teacher+anchor+replay1.0-refusal0.75-64steps": (
         TEACHER | {"max_steps": 64, "sft_weight": 1.0},
-        {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+        REPLAY_R75),
     # measured on triage: the filter kept 0.98 but learned 0.30; the anchor learned 0.475, kept
     # 0.934, over-refused (benign drop +0.065). Both together: triage 0.55 / 0.929 / −0.000
     "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps": (
         TEACHER | {"max_steps": 64, "rollout_filter": "scorer", "sft_weight": 1.0},
-        {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}),
+        REPLAY_R75),
     # the chosen recipe on a second seed (training sampling, replay draw)
     "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps-seed1": (
         TEACHER | {"max_steps": 64, "rollout_filter": "scorer", "sft_weight": 1.0, "seed": 1},
