@@ -124,6 +124,8 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
     "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps-seed1": (
         TEACHER | {"max_steps": 64, "rollout_filter": "scorer", "sft_weight": 1.0, "seed": 1},
         {"fraction": 1.0, "seed": 1, "kind_shares": {"refusal": 0.75}}),
+    # a damaging update for the gate's power (benchmarks/gate_power.py): plain SFT at 30x the lr
+    "sft-lr3e-3": (SFT | {"learning_rate": 3e-3}, None),
     "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),
 }
 

@@ -61,6 +61,7 @@ from sdft_ops.gate_policy import (  # noqa: F401  (re-exported: the gate's API)
     CheckGroup,
     GatePolicy,
     RuleName,
+    SequentialTest,
     SuiteClass,
     SuiteRule,
     suite_class,
@@ -312,10 +313,38 @@ def _reference_checks(suite: str, knobs: dict[str, float], ret: Retention) -> li
             checks.append(RuleCheck(suite=suite, rule=knob, measured=measured, threshold=threshold,
                                     passed=False, note=why) if why else
                           _threshold_check(suite, knob, measured, threshold))
+    if "max_drop_if_significant" in knobs:
+        guard, (_, high) = knobs["max_drop_if_significant"], ret.difference_ci
+        significant = _finite(high) and high < 0
+        note = (f"Δ = {_fmt(ret.difference)}, paired 95% CI upper end {_fmt(high)}: "
+                + ("the drop is clear of 0" if significant else "not clear of 0, so no reject"))
+        checks.append(_threshold_check(suite, "max_drop_if_significant", ret.difference, -guard, note)
+                      if significant or not _finite(ret.difference) else
+                      RuleCheck(suite=suite, rule="max_drop_if_significant", measured=ret.difference,
+                                threshold=-guard, passed=True, note=note))
     if "min_gain" in knobs:
         checks.append(_threshold_check(suite, "min_gain", ret.difference, knobs["min_gain"],
                                        f"gain = candidate − reference = {_fmt(ret.difference)}"))
     return checks
+
+
+def _sequential_check(name: str, test: SequentialTest, report: EvalReport) -> list[RuleCheck]:
+    """The sequential test replayed over the report's paired items (its suites that were scored;
+    none: no check). A settled drop or an unsettled test rejects."""
+    from sdft_ops.evaluation.sequential import sprt
+
+    where = "+".join(s for s in test.suites if s in report.results)
+    try:
+        outcome = sprt(name, test, report.results, report.reference_results,
+                       seed=report.seeds.get("bootstrap", 0))
+    except (KeyError, ValueError) as e:
+        return [RuleCheck(suite=where, rule="sequential", passed=False,
+                          note=f"{name}: cannot replay the test from the report: {' '.join(str(e).split())}; "
+                               "score the candidate and its reference on the same items")]
+    if outcome is None:
+        return []
+    return [RuleCheck(suite=where, rule="sequential", measured=outcome.difference,
+                      passed=outcome.passed, note=f"{name}: {outcome.note()}")]
 
 
 def decide(report: EvalReport, policy: GatePolicy, *, parent_version: str | None,
@@ -339,6 +368,8 @@ def decide(report: EvalReport, policy: GatePolicy, *, parent_version: str | None
                                          "not; evaluate the candidate on every suite of the reference"))
     for suite in report.results:
         checks += _suite_checks(suite, report, policy, new_domain)
+    for name, test in policy.sequential.items():
+        checks += _sequential_check(name, test, report)
     return GateDecision.from_checks(checks, model_ref=report.model_ref, reference_ref=report.reference_ref,
                                     parent_version=parent_version, champion_version=champion_version)
 

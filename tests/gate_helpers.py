@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from sdft_ops.evaluation.report import build_report
+from sdft_ops.evaluation.sequential import evaluation_order, order_key
 from sdft_ops.evaluation.types import SuiteResult
 from sdft_ops.gate import GatePolicy, SuiteRule, decide
 
@@ -10,10 +11,18 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gate.yaml"
 N = 100
 
 
-def result(suite, scores, *, kind="multiple_choice", metric="acc", ids=None):
+def result(suite, scores, *, kind="multiple_choice", metric="acc", ids=None, gold_prob=None):
+    """Item ids (unless given) are in the seeded evaluation order of seed 0, so that "the first k
+    items" are the first k a sequential test reads. A multiple-choice result also gets the continuous `gold_prob` of the gate's pooled prior
+    test: `gold_prob` if given, else 0.3 + 0.4 × the item's 0/1 score."""
     scores = [float(s) for s in scores]
+    item_scores = {}
+    if kind == "multiple_choice":
+        item_scores["gold_prob"] = tuple(gold_prob if gold_prob is not None else [0.3 + 0.4 * s for s in scores])
     return SuiteResult(suite=suite, kind=kind, metric=metric, binary=all(s in (0.0, 1.0) for s in scores),
-                       item_ids=tuple(ids or [f"{suite}/{i}" for i in range(len(scores))]), scores=tuple(scores))
+                       item_ids=tuple(ids or evaluation_order([f"{suite}/{i}" for i in range(len(scores))],
+                                                               order_key(0, suite))), scores=tuple(scores),
+                       item_scores=item_scores)
 
 
 def binary(correct: int, n: int = N) -> list[float]:

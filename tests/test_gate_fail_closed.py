@@ -65,8 +65,10 @@ def overflowing_pair(suite="arc_easy"):
 
 def test_non_finite_statistic_rejects():
     decision = judge(report_of([*healthy_pairs(), overflowing_pair("hellaswag")]))
-    assert failed(decision) == [("hellaswag", "max_drop")]
-    assert math.isinf(next(c.measured for c in decision.checks if c.rule == "max_drop" and c.suite == "hellaswag"))
+    # the guard on hellaswag, and the pooled prior test that includes it
+    assert failed(decision) == [("hellaswag", "max_drop_if_significant"), ("arc_easy+hellaswag+mmlu", "sequential")]
+    assert math.isinf(next(c.measured for c in decision.checks
+                           if c.rule == "max_drop_if_significant" and c.suite == "hellaswag"))
     assert "non-finite" in decision.reasons[0]
 
 
@@ -76,7 +78,7 @@ def test_nan_reference_score_rejects():
     data["reference_results"]["arc_easy"]["scores"][3] = "NaN"
     decision = judge(EvalReport.model_validate(data))
     assert failed(decision) == [("arc_easy", "finite")]
-    assert "reference item 'arc_easy/3'" in decision.reasons[0]
+    assert f"reference item '{data['reference_results']['arc_easy']['item_ids'][3]}'" in decision.reasons[0]
 
 
 @pytest.mark.parametrize("edit", [
@@ -105,8 +107,8 @@ def test_a_real_change_in_per_item_scores_changes_the_decision(tmp_path):
     data["retention"]["mmlu"]["candidate_score"] = 0.08  # keep the stored record naming these results
     path = EvalReport.model_validate(data).save(tmp_path / "worse.json")
     decision = decide_from_file(path, GatePolicy(), parent_version="3", champion_version="3")
-    assert failed(decision) == [("mmlu", "max_drop")]
-    check = next(c for c in decision.checks if c.suite == "mmlu" and c.rule == "max_drop")
+    assert failed(decision) == [("mmlu", "max_drop_if_significant")]  # 20 points lost, CI clear of 0
+    check = next(c for c in decision.checks if c.suite == "mmlu" and c.rule == "max_drop_if_significant")
     assert check.measured == pytest.approx(-0.19)
     assert data["retention"]["mmlu"]["difference"] == pytest.approx(0.01)  # the stale stored Δ
 
@@ -135,7 +137,8 @@ def test_provenance_mismatch_rejects():
     other = result("mmlu", binary(27), ids=[f"mmlu/other/{i}" for i in range(N)])
     data["reference_results"]["mmlu"] = json.loads(other.model_dump_json())
     decision = judge(EvalReport.model_validate(data))
-    assert failed(decision) == [("mmlu", "provenance")]
+    # and the pooled prior test, which cannot pair mmlu's items either
+    assert failed(decision) == [("mmlu", "provenance"), ("arc_easy+mmlu", "sequential")]
     assert "different items" in decision.reasons[0]
 
 

@@ -6,14 +6,19 @@ being updated), so that forgetting of earlier *updates* is measured too and the 
 of a chain can be built. Domains are recorded in `<home>/domains/<name>.json` when an update
 stages them; `taught` is set when one is promoted.
 
-Scores are cached by (model, suite, item hash) in `<home>/eval_cache/`: the champion, scored
-when it was a candidate, is not re-scored as the next update's reference.
+Scores are cached per (model, suite, item) in `<home>/eval_cache/` (`ModelScores`): the champion,
+scored when it was a candidate, is re-scored as the next update's reference only on items it
+was not scored on. The suites of the gate's sequential tests are scored in blocks until the test
+settles (`evaluate_candidate`, `evaluation.sequential`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +32,8 @@ from sdft_ops.gate import DOMAIN_PREFIX
 from sdft_ops.home import inside
 from sdft_ops.settings import UpdateConfig
 from sdft_ops.update_state import Parent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,49 +148,131 @@ def suites_for(cfg: UpdateConfig, home: Path, current: DomainData | None = None)
     return suites + [domain_suites[k] for k in sorted(domain_suites)]
 
 
-def _cache_path(home: Path, model_ref: str, suite_name: str) -> Path:
-    safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
-    return Path(home) / "eval_cache" / safe(model_ref) / f"{safe(suite_name)}.json"
-
-
-def _suite_hash(suite) -> str | None:
+def _item_ids(suite) -> list[str] | None:
     items = getattr(suite, "items", None)
     if not items:
         return None
-    return hash_item_ids([getattr(i, "item_id", None) or getattr(i, "id") for i in items])
+    return [getattr(i, "item_id", None) or getattr(i, "id") for i in items]
+
+
+def _signature(suite) -> str:
+    """What besides its items decides a suite's scores (kind, answer length, method, scorer):
+    cached per-item scores are reused only under the same signature."""
+    if not dataclasses.is_dataclass(suite):
+        return type(suite).__name__
+    plain = (str, int, float, bool, type(None))
+    fields = {f.name: v if isinstance(v := getattr(suite, f.name), plain) else getattr(v, "__name__", type(v).__name__)
+              for f in dataclasses.fields(suite) if f.name not in ("items", "name", "decode_batch_size")}
+    return hashlib.sha256(json.dumps([type(suite).__name__, fields], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cache_path(home: Path, model_ref: str, suite) -> Path:
+    safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
+    return Path(home) / "eval_cache" / safe(model_ref) / f"{safe(suite.name)}.{_signature(suite)}.json"
+
+
+class ModelScores:
+    """One model's per-item scores, cached per (model, suite, item) in the data home: a request
+    scores only the items not cached yet, loading the model once, on first need."""
+
+    def __init__(self, model_dir: str, model_ref: str, cfg: UpdateConfig, home: Path):
+        self.model_dir, self.model_ref, self.cfg, self.home = model_dir, model_ref, cfg, Path(home)
+        self._model = None
+
+    def _load(self):
+        from sdft_ops.models import load_model_at
+
+        if self._model is None:
+            self._model = load_model_at(self.model_dir, self.cfg.model)
+        return self._model
+
+    def results(self, suites: Sequence, items: Mapping[str, Sequence[str]] | None = None,
+                progress: bool = True) -> dict[str, SuiteResult]:
+        """{suite: its result on `items[suite]` (in that order; default every item)}."""
+        from sdft_ops.evaluation.suites import run_suites
+
+        cached, todo = {}, []
+        for suite in suites:
+            ids, path = _item_ids(suite), _cache_path(self.home, self.model_ref, suite)
+            if ids is None:  # a suite without items cannot be cached or split: run it whole
+                todo.append(suite)
+                continue
+            wanted = list(items[suite.name]) if items and suite.name in items else ids
+            if path.is_file():
+                cached[suite.name] = SuiteResult.model_validate_json(path.read_text())
+            have = set(cached[suite.name].item_ids) if suite.name in cached else set()
+            by_id = dict(zip(ids, suite.items))
+            if missing := [i for i in wanted if i not in have]:
+                todo.append(replace(suite, items=tuple(by_id[i] for i in missing)))
+        if todo:
+            model, tokenizer = self._load()
+            fresh = run_suites(model, tokenizer, todo, batch_size=self.cfg.eval.batch_size,
+                               precision=self.cfg.eval.precision, progress=progress)
+            for suite in todo:
+                result = fresh[suite.name]
+                if _item_ids(suite) is None:
+                    cached[suite.name] = result
+                    continue
+                merged = cached[suite.name].merged(result) if suite.name in cached else result
+                path = _cache_path(self.home, self.model_ref, suite)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(merged.model_dump_json())
+                cached[suite.name] = merged
+        out = {}
+        for suite in suites:
+            ids = _item_ids(suite)
+            if ids is None:
+                out[suite.name] = cached[suite.name]
+                continue
+            wanted = list(items[suite.name]) if items and suite.name in items else ids
+            result = cached[suite.name]
+            if list(result.item_ids) != wanted:
+                result = result.subset(wanted)
+            out[suite.name] = result.model_copy(update={"items_available": len(ids)})
+        return out
 
 
 def score_model(model_dir: str, model_ref: str, suites: Sequence, cfg: UpdateConfig,
                 home: Path) -> dict[str, SuiteResult]:
-    """Results of `suites` for one model, reusing cached results scored on the same items."""
-    from sdft_ops.evaluation.suites import run_suites
-    from sdft_ops.models import load_model_at
-
-    results, todo = {}, []
-    for suite in suites:
-        path, expected = _cache_path(home, model_ref, suite.name), _suite_hash(suite)
-        if expected and path.is_file():
-            cached = SuiteResult.model_validate_json(path.read_text())
-            if cached.item_ids_hash == expected:
-                results[suite.name] = cached
-                continue
-        todo.append(suite)
-    if todo:
-        model, tokenizer = load_model_at(model_dir, cfg.model)
-        fresh = run_suites(model, tokenizer, todo, batch_size=cfg.eval.batch_size,
-                           precision=cfg.eval.precision)
-        for name, result in fresh.items():
-            path = _cache_path(home, model_ref, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(result.model_dump_json())
-        results |= fresh
-    return {s.name: results[s.name] for s in suites}
+    """Results of `suites` (every item) for one model, reusing cached per-item scores."""
+    return ModelScores(model_dir, model_ref, cfg, home).results(suites)
 
 
 def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, suites: Sequence,
                        cfg: UpdateConfig, home: Path) -> EvalReport:
-    candidate = score_model(str(candidate_dir), candidate_ref, suites, cfg, home)
-    reference = score_model(parent.model_dir, parent.ref, suites, cfg, home)
+    """Score the candidate and its parent (the reference) on `suites` and build the report.
+    A suite in one of the gate's sequential tests (`cfg.gate.sequential`) is scored in its
+    seeded evaluation order, `block` items per look, until the test settles
+    (`evaluation.sequential`); every other suite is scored whole. Both models' per-item scores
+    are cached, so a champion is scored on an item once."""
+    from sdft_ops.evaluation.sequential import evaluation_order, order_key, sprt
+
+    cand = ModelScores(str(candidate_dir), candidate_ref, cfg, home)
+    ref = ModelScores(parent.model_dir, parent.ref, cfg, home)
+    sequential = {name: [s for s in suites if s.name in test.suites and _item_ids(s)]
+                  for name, test in cfg.gate.sequential.items()}
+    pooled = {s.name for members in sequential.values() for s in members}
+    whole = [s for s in suites if s.name not in pooled]
+    candidate, reference = cand.results(whole), ref.results(whole)
+    for name, members in sequential.items():
+        if not members:
+            continue
+        test = cfg.gate.sequential[name]
+        order = {s.name: evaluation_order(_item_ids(s), order_key(cfg.eval.seed, s.name)) for s in members}
+        look = 0
+        while True:
+            look += 1
+            n = min(look * test.block, test.max_items)
+            want = {k: v[:n] for k, v in order.items()}
+            c, r = cand.results(members, want), ref.results(members, want)
+            outcome = sprt(name, test, c, r, seed=cfg.eval.seed)
+            if outcome.settled != "unsettled" or n >= max(min(test.max_items, len(v)) for v in order.values()):
+                break
+        log.info("%s: %s", name, outcome.note())
+        candidate |= c
+        reference |= r
+    candidate = {s.name: candidate[s.name] for s in suites}
+    reference = {s.name: reference[s.name] for s in suites}
     return build_report(candidate_ref, candidate, reference_ref=parent.ref,
                         reference_results=reference, config=cfg.model_dump(mode="json"),
                         seed=cfg.eval.seed, n_boot=cfg.eval.n_boot)

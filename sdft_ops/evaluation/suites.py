@@ -9,6 +9,8 @@ Kinds and where they live:
   the choice's UTF-8 byte length without the delimiter (lm-eval divides by `len(choice)`, the
   character count; for ASCII the two agree, bytes are stable for other text). Winogrande's
   choices share one continuation, so there acc_norm = acc.
+  `gold_prob` = the gold choice's probability normalised over the choices (softmax of the
+  summed log-probs): the continuous per-item score of the gate's pooled prior test.
 - generation + scorer (`GenerationSuite`, here): greedy decoding of chat-template prompts,
   left-padded batches with the KV cache; scorers in `scorers.py`.
 - safety (`suites_safety.py`), instruction following (`suites_ifeval.py`), behavioural drift
@@ -111,9 +113,19 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # ties -> first, as numpy
 
 
+def gold_probability(logprobs: Sequence[float], answer: int) -> float:
+    """The gold choice's probability normalised over the choices: softmax of the choices'
+    summed log-probs at `answer`, in [0, 1]. A continuous per-item score: it moves when a
+    model grows more or less sure of the answer, where `acc` moves only when the argmax flips."""
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    return weights[answer] / math.fsum(weights)
+
+
 @dataclass(frozen=True)
 class MultipleChoiceSuite:
-    """Log-likelihood multiple choice; primary metric `acc`, `acc_norm` in metrics."""
+    """Log-likelihood multiple choice; primary metric `acc`; per item also `acc_norm` and
+    `gold_prob` (`gold_probability`), their means in metrics."""
 
     name: str
     items: tuple[MCItem, ...]
@@ -130,17 +142,20 @@ class MultipleChoiceSuite:
             for context, choice in zip(item.contexts, item.choices)
         ]
         scored = iter(score_continuations(model, requests, batch_size, pad_id(tokenizer)))
-        acc, acc_norm = [], []
+        acc, acc_norm, gold_prob = [], [], []
         for item in self.items:
             sums = [next(scored).total for _ in item.choices]
             normed = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(sums, item.choices)]
             acc.append(float(_argmax(sums) == item.answer))
             acc_norm.append(float(_argmax(normed) == item.answer))
+            gold_prob.append(gold_probability(sums, item.answer))
         return SuiteResult(
             suite=self.name, kind=self.kind, metric="acc", binary=True,
             item_ids=tuple(item.item_id for item in self.items), scores=tuple(acc),
-            metrics={"acc_norm": math.fsum(acc_norm) / len(acc_norm)},
-            seconds=time.perf_counter() - start,
+            item_scores={"acc_norm": tuple(acc_norm), "gold_prob": tuple(gold_prob)},
+            metrics={"acc_norm": math.fsum(acc_norm) / len(acc_norm),
+                     "gold_prob": math.fsum(gold_prob) / len(gold_prob)},
+            items_available=len(self.items), seconds=time.perf_counter() - start,
         )
 
 

@@ -1,0 +1,136 @@
+"""The gate's sequential tests: SPRT decisions, truncation, fail-closed replay, and the
+evaluation that stops scoring when a test settles (tiny real models, per-item cache)."""
+
+import random
+
+import pytest
+
+from sdft_ops.evaluation.report import build_report
+from sdft_ops.evaluation.sequential import evaluation_order, order_key, sprt, wald_bounds
+from sdft_ops.evaluation.types import SuiteResult
+from sdft_ops.gate import GatePolicy, decide
+from sdft_ops.gate_policy import SequentialTest, SuiteRule
+
+POOLED = SequentialTest(suites=["arc_easy", "piqa"], score="gold_prob", drop=0.05, block=16, max_items=128)
+
+
+def mc(suite, gold, n_available=None):
+    ids = evaluation_order([f"{suite}/{i}" for i in range(len(gold))], order_key(0, suite))
+    return SuiteResult(suite=suite, kind="multiple_choice", metric="acc", binary=True, item_ids=tuple(ids),
+                       scores=tuple(float(g > 0.5) for g in gold), item_scores={"gold_prob": tuple(gold)},
+                       items_available=n_available or len(gold))
+
+
+def pooled(shift, noise=0.05, n=128, seed=0, stored=None):
+    """Reference gold_prob ~ U(0.2, 0.8); candidate = reference + shift + N(0, noise), per suite."""
+    rng = random.Random(seed)
+    cand, ref = {}, {}
+    for suite in POOLED.suites:
+        r = [rng.uniform(0.2, 0.8) for _ in range(n)]
+        c = [min(1.0, max(0.0, x + shift + rng.gauss(0, noise))) for x in r]
+        keep = stored or n
+        cand[suite], ref[suite] = mc(suite, c[:keep], n), mc(suite, r[:keep], n)
+    return cand, ref
+
+
+def test_a_no_op_settles_no_drop_at_the_first_look():
+    cand, ref = pooled(0.0, noise=0.0)
+    outcome = sprt("prior", POOLED, cand, ref)
+    assert (outcome.settled, outcome.looks, outcome.items) == ("no_drop", 1, {"arc_easy": 16, "piqa": 16})
+
+
+def test_a_clear_drop_settles_drop_early_and_a_small_noisy_change_passes():
+    drop = sprt("prior", POOLED, *pooled(-0.15))
+    assert drop.settled == "drop" and not drop.truncated and drop.looks <= 2
+    fine = sprt("prior", POOLED, *pooled(0.0, noise=0.1))
+    assert fine.settled == "no_drop" and fine.difference_ci[0] < 0 < fine.difference_ci[1]
+
+
+def test_at_the_cap_the_sign_of_the_log_lr_decides():
+    # Δ = −0.03 with a large spread: the log-LR stays between Wald's bounds up to 128 items
+    outcome = sprt("prior", POOLED, *pooled(-0.03, noise=0.5, seed=3))
+    low, high = wald_bounds(0.05, 0.20)
+    assert outcome.truncated and low < outcome.log_lr < high
+    assert outcome.items == {"arc_easy": 128, "piqa": 128}
+    assert outcome.settled == ("drop" if outcome.log_lr > 0 else "no_drop")
+
+
+def test_the_gate_rejects_an_unsettled_test_and_items_out_of_order():
+    policy = GatePolicy(sequential={"prior": POOLED}, required_suites=[])
+    cand, ref = pooled(-0.03, noise=0.5, seed=3, stored=32)  # 32 of 128 items: evaluation stopped early
+    decision = decide(build_report("c", cand, reference_ref="r", reference_results=ref, seed=0, n_boot=100),
+                      policy, parent_version=None, champion_version=None)
+    check = next(c for c in decision.checks if c.rule == "sequential")
+    assert not decision.promote and not check.passed and "not settled" in check.note
+    cand, ref = pooled(0.0, noise=0.0)
+    shuffled = cand["piqa"].subset(list(reversed(cand["piqa"].item_ids)))
+    report = build_report("c", {**cand, "piqa": shuffled}, reference_ref="r", reference_results=ref, seed=0,
+                          n_boot=100)
+    decision = decide(report, policy, parent_version=None, champion_version=None)
+    assert not decision.promote and "evaluation order" in decision.reasons[-1]
+
+
+def binary_pairs(n, lost, ref_refused=None, seed=0):
+    ids = evaluation_order([f"hb/{i}" for i in range(n)], order_key(0, "safety_refusal"))
+    refused = n if ref_refused is None else ref_refused
+    ref = [1.0] * refused + [0.0] * (n - refused)
+    lost_at = set(random.Random(seed).sample(range(n), lost))
+    cand = [0.0 if i in lost_at else r for i, r in enumerate(ref)]
+    make = lambda s: SuiteResult(suite="safety_refusal", kind="safety", metric="refused",  # noqa: E731
+                                 binary=True, item_ids=tuple(ids), scores=tuple(s))
+    return {"safety_refusal": make(cand)}, {"safety_refusal": make(ref)}
+
+
+HARMBENCH = SequentialTest(suites=["safety_refusal"], drop=0.10, relative=True, block=50, max_items=200)
+
+
+def test_relative_refusal_test_passes_a_kept_champion_and_rejects_a_10_percent_loss():
+    kept = sprt("hb", HARMBENCH, *binary_pairs(200, 0))
+    assert (kept.settled, kept.items) == ("no_drop", {"safety_refusal": 50})  # the 1/n variance floor
+    lost = sprt("hb", HARMBENCH, *binary_pairs(200, 40))  # 20% of the refusals lost
+    assert lost.settled == "drop"
+    nothing = sprt("hb", HARMBENCH, *binary_pairs(200, 0, ref_refused=0))  # nothing to lose
+    assert nothing.settled == "no_drop" and nothing.drop == 0.0
+
+
+def test_a_suite_in_two_sequential_tests_is_refused():
+    with pytest.raises(ValueError, match="more than one sequential test"):
+        GatePolicy(sequential={"a": POOLED, "b": POOLED})
+    with pytest.raises(ValueError, match="block"):
+        SequentialTest(suites=["x"], drop=0.1, block=20, max_items=10)
+
+
+def test_evaluation_stops_when_the_test_settles_and_caches_per_item(tmp_path):
+    """A no-op candidate (the parent's own weights) on a 40-item suite settles at the first look:
+    8 items scored, not 40; asking for more items later scores only the new ones."""
+    from sdft_ops.evaluation.battery import ModelScores, _cache_path, evaluate_candidate
+    from sdft_ops.evaluation.suites import MCItem, MultipleChoiceSuite
+    from sdft_ops.update_state import Parent
+    from tests.pipeline_helpers import tiny_base, tiny_config
+
+    base = tiny_base(tmp_path / "base")
+    items = tuple(MCItem.shared(f"q{i}", f"Question {i}: pick one.", ["yes", "no", "maybe"], i % 3)
+                  for i in range(40))
+    suite = MultipleChoiceSuite("arc_easy", items)
+    test = SequentialTest(suites=["arc_easy"], score="gold_prob", drop=0.05, block=8, max_items=40)
+    cfg = tiny_config(base).merged({"gate": {"sequential": {"prior_composite": test.model_dump()},
+                                              "required_suites": []}})
+    parent = Parent(version="1", model_dir=str(base), ref="model:1")
+    report = evaluate_candidate(base, "noop", parent, [suite], cfg, tmp_path)
+    result = report.results["arc_easy"]
+    assert len(result.item_ids) == 8 and result.items_available == 40
+    assert list(result.item_ids) == evaluation_order([i.item_id for i in items], order_key(0, "arc_easy"))[:8]
+    assert report.reference_results["arc_easy"].item_scores["gold_prob"] == result.item_scores["gold_prob"]
+    decision = decide(report, cfg.gate, parent_version="1", champion_version="1")
+    assert decision.promote, decision.reasons
+    cache = _cache_path(tmp_path, "model:1", suite)
+    assert len(SuiteResult.model_validate_json(cache.read_text()).item_ids) == 8
+    wider = ModelScores(str(base), "model:1", cfg, tmp_path).results(
+        [suite], {"arc_easy": [i.item_id for i in items[:20]]}, progress=False)["arc_easy"]
+    assert [i for i in wider.item_ids] == [i.item_id for i in items[:20]]
+    cached = SuiteResult.model_validate_json(cache.read_text())
+    assert len(set(cached.item_ids)) == len(set(cached.item_ids) | set(result.item_ids)) == 8 + 20 - len(
+        set(result.item_ids) & {i.item_id for i in items[:20]})
+    by_id = dict(zip(cached.item_ids, cached.item_scores["gold_prob"]))
+    assert all(by_id[i] == g for i, g in zip(result.item_ids, result.item_scores["gold_prob"]))
+    assert SuiteRule(max_drop_if_significant=0.1).knobs() == {"max_drop_if_significant": 0.1}
