@@ -142,22 +142,38 @@ def sprt(name: str, test: "SequentialTest", candidate: Mapping[str, SuiteResult]
     if bad := [s for s in suites if not (np.all(np.isfinite(data[s][0])) and data[s][0].size)]:
         raise ValueError(f"{name}: {bad[0]} has no finite paired per-item scores; re-evaluate it")
     binary = {s: test.score is None and candidate[s].binary for s in suites}
+    outcome = run_test(test, {s: data[s][0] for s in suites}, {s: data[s][1] for s in suites},
+                       binary, {s: _available(candidate[s]) for s in suites})
+    settled, truncated, look, used, log_lr, estimate, ref_score, delta = outcome
+    diffs = [data[s][0][: used[s]] for s in suites]
+    return SequentialOutcome(
+        test=name, settled=settled, truncated=truncated, looks=look, items=used, log_lr=log_lr,
+        bounds=wald_bounds(test.alpha, test.beta), difference=estimate,
+        difference_ci=_stratified_ci(diffs, seed=seed), reference_score=ref_score, drop=delta)
+
+
+def run_test(test: "SequentialTest", diffs: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray],
+             binary: Mapping[str, bool], available: Mapping[str, int]):
+    """The test on arrays (per suite: oriented differences and reference scores in evaluation
+    order, whether 0/1, items the suite holds): (settled, truncated, looks, items used per suite,
+    log-LR, pooled difference, pooled reference score, δ). `sprt` and the power benchmark's
+    simulations both run this."""
+    suites = list(diffs)
     low, high = wald_bounds(test.alpha, test.beta)
     look = 0
     while True:
         look += 1
         cap = min(look * test.block, test.max_items)
-        used = {s: min(cap, data[s][0].size) for s in suites}
-        diffs = [data[s][0][: used[s]] for s in suites]
-        refs = [data[s][1][: used[s]] for s in suites]
-        estimate = float(np.mean([d.mean() for d in diffs]))
-        ref_score = float(np.mean([r.mean() for r in refs]))
+        used = {s: min(cap, diffs[s].size) for s in suites}
+        parts = [diffs[s][: used[s]] for s in suites]
+        estimate = float(np.mean([d.mean() for d in parts]))
+        ref_score = float(np.mean([refs[s][: used[s]].mean() for s in suites]))
         variance = sum(max(float(d.var(ddof=1)) if d.size > 1 else 0.0, 1.0 / d.size if binary[s] else 0.0)
-                       / d.size for s, d in zip(suites, diffs)) / len(suites) ** 2
+                       / d.size for s, d in zip(suites, parts)) / len(suites) ** 2
         delta = test.drop * ref_score if test.relative else test.drop
         log_lr = _log_lr(estimate, delta, variance)
-        done = all(used[s] >= min(test.max_items, _available(candidate[s])) for s in suites)
-        more = any(used[s] < data[s][0].size for s in suites) and cap < test.max_items
+        done = all(used[s] >= min(test.max_items, available[s]) for s in suites)
+        more = any(used[s] < diffs[s].size for s in suites) and cap < test.max_items
         if log_lr >= high or log_lr <= low or done or not more:
             break
     if log_lr >= high:
@@ -168,10 +184,7 @@ def sprt(name: str, test: "SequentialTest", candidate: Mapping[str, SuiteResult]
         settled, truncated = ("drop" if log_lr > 0 else "no_drop"), True
     else:
         settled, truncated = "unsettled", False
-    return SequentialOutcome(
-        test=name, settled=settled, truncated=truncated, looks=look, items=used, log_lr=log_lr,
-        bounds=(low, high), difference=estimate, difference_ci=_stratified_ci(diffs, seed=seed),
-        reference_score=ref_score, drop=delta)
+    return settled, truncated, look, used, log_lr, estimate, ref_score, delta
 
 
 def _available(result: SuiteResult) -> int:
