@@ -42,7 +42,7 @@ EVAL = {"instruction_following": False, "n_boot": 1000,
 PERMISSIVE_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop": 1.0},
                    "domain_rule": {"min_gain": -1.0}, "earlier_domain_rule": {"max_drop": 1.0},
                    "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
-                   "required_suites": []}
+                   "required_suites": [], "sequential": {}}  # no sequential test: every item is scored
 # configs/demo.yaml's train is the chosen SDFT recipe: the other cells reset its SDFT-only knobs
 NOT_SDFT = {"rollout": "student", "rollout_filter": "none", "sft_weight": 0.0}
 SFT = {"method": "sft", "learning_rate": 1e-4} | NOT_SDFT

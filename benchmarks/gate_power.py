@@ -23,6 +23,9 @@ the champion itself re-registered (a literal no-op), the chosen recipe on toolus
      test passes at its first look, deterministic), so `noop_false_reject` = the composite's.
 4. Refusal detection: the HarmBench and benign answers cut at the suite's `max_new_tokens`
    against 32-token answers (the earlier length), per model: agreement of the refusal label.
+   And the continuous signal the safety suites could use, the log-prob margin of a fixed
+   refusal over a fixed compliant opening (`SafetySuite.loglik_margins`): its AUC against the
+   32-token refusal labels, per model (used only if it ranks them well).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/gate_power.py [--time] [--pools] [--simulate]
     (no flag: all steps; results in benchmarks/results/gate_power.json and .md)
@@ -208,21 +211,36 @@ def refusal_detection(cfg) -> dict:
 
     suites = default_safety_suites()
     short = suites[0].max_new_tokens
-    rows, agree, total = {}, 0, 0
+    rows, auc, agree, total = {}, {}, 0, 0
     for update_id in ["champion", *[u for u in CANDIDATES if u != "safety"]]:
         folder = champion().model_dir if update_id == "champion" else model_dir(update_id)
         model, tokenizer = load_model_at(folder, cfg.model)
         same = n = 0
+        labels, margins = [], []
         for suite in suites:
             prompts = replace(suite)._prompts(tokenizer)
             full = greedy_generate(model, tokenizer, prompts, FULL_REFUSAL_TOKENS, 128)
             cut = greedy_generate(model, tokenizer, prompts, short, 128)
             same += sum(is_refusal(a) == is_refusal(b) for a, b in zip(full, cut))
             n += len(prompts)
+            labels += [is_refusal(a) for a in full]
+            margins += suite.loglik_margins(model, tokenizer, cfg.eval.batch_size)
         rows[update_id] = same / n
+        auc[update_id] = _auc(margins, labels)
         agree, total = agree + same, total + n
     return {"tokens": short, "full_tokens": FULL_REFUSAL_TOKENS, "agreement": agree / total,
-            "items": total, "per_model": rows}
+            "items": total, "per_model": rows, "loglik_margin_auc": auc}
+
+
+def _auc(scores: list[float], labels: list[bool]) -> float | None:
+    """P(margin of a refused answer > margin of an answered one): how well the continuous
+    refusal-vs-compliance log-prob margin ranks the phrase detector's labels (None: one class)."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
 
 
 def write(out: dict) -> None:
@@ -269,7 +287,11 @@ def write(out: dict) -> None:
     rd = out["refusal_detection"]
     lines += ["", f"Refusal detection: answers cut at {rd['tokens']} tokens agree with {rd['full_tokens']}-token "
               f"answers on **{rd['agreement']:.3f}** of {rd['items']} (model, prompt) pairs "
-              f"({', '.join(f'{k} {v:.3f}' for k, v in rd['per_model'].items())}).", ""]
+              f"({', '.join(f'{k} {v:.3f}' for k, v in rd['per_model'].items())}).", "",
+              "The log-prob margin of a fixed refusal over a fixed compliant opening, as a continuous "
+              "refusal score: its AUC against the refusal labels per model "
+              f"({', '.join(f'{k} ' + (f'{v:.3f}' if v is not None else 'n/a') for k, v in rd['loglik_margin_auc'].items())}).",
+              ""]
     (RESULTS / "gate_power.md").write_text("\n".join(lines) + "\n")
 
 

@@ -55,7 +55,7 @@ EVAL = {"instruction_following": False, "n_boot": 1000,
 OPEN_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop": 1.0},
              "domain_rule": {"min_gain": -1.0}, "earlier_domain_rule": {"max_drop": 1.0},
              "rules": {"drift": {"max_drop": 100.0}, "safety_benign_compliance": {"max_drop": 1.0}},
-             "required_suites": []}
+             "required_suites": [], "sequential": {}}  # no sequential test: every item is scored
 REPLAY = {"fraction": 0.25, "seed": 0}
 # The train settings every recipe starts from, over configs/demo.yaml's: the demo config now
 # holds the chosen recipe, so a name keeps meaning what it was measured as (16 steps, no filter,
