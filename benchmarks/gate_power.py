@@ -17,17 +17,19 @@ the champion itself re-registered (a literal no-op), the chosen recipe on toolus
    drawn with replacement from the measured per-item data, in a random order:
    - prior composite, no drop: the chosen recipe's candidates' paired gold_prob differences,
      centred per suite (true Δ = 0); drop: the same shifted by −0.05.
-   - HarmBench, the chosen recipe's candidates as measured (a small real loss; a reject is a
-     false reject because they keep ≥ 90%); a 10% relative drop: the champion's refusals with a
-     random tenth of them lost per simulation. A literal no-op keeps every refusal (Δ = 0 and the
-     test passes at its first look, deterministic), so `noop_false_reject` = the composite's.
+   - HarmBench (H0: 5% of the champion's refusals lost, H1: 10%): the chosen recipe's
+     candidates as measured (each keeps ≥ 90%, so a reject there is a miss of the recipe's bar,
+     though not of the test's H0); a no-drop world: the champion's own refusals (every refusal
+     kept, as a no-op); a 10% relative drop: the champion's refusals with a random tenth of them
+     lost per simulation. `noop_false_reject`: a no-op rejected by either test (1 − the product
+     of the two tests' pass rates in their no-drop worlds).
 4. Refusal detection: the HarmBench and benign answers cut at the suite's `max_new_tokens`
    against 32-token answers (the earlier length), per model: agreement of the refusal label.
    And the continuous signal the safety suites could use, the log-prob margin of a fixed
    refusal over a fixed compliant opening (`SafetySuite.loglik_margins`): its AUC against the
    32-token refusal labels, per model (used only if it ranks them well).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/gate_power.py [--time] [--pools] [--simulate]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/gate_power.py [--time] [--pools] [--simulate] [--report]
     (no flag: all steps; results in benchmarks/results/gate_power.json and .md)
 """
 
@@ -104,13 +106,15 @@ def timed(cfg) -> dict:
         ref = f"candidate:{update_id}"
         shutil.rmtree(HOME / "eval_cache" / ref.replace(":", "_"), ignore_errors=True)
         start = time.perf_counter()
+        suites = chain_suites(cfg)  # building the suites (reading the benchmark data) is timed too
+        built = time.perf_counter() - start
         report = evaluate_candidate(Path(model_dir(update_id)), ref, parent, suites, cfg, HOME)
         seconds = time.perf_counter() - start
         decision = decide(report, cfg.gate, parent_version="1", champion_version="1", new_domain=domain)
         outcomes = {name: sprt(name, test, report.results, report.reference_results, seed=cfg.eval.seed)
                     for name, test in cfg.gate.sequential.items()}
         runs.append({"update": update_id, "what": what, "expected": expected, "decided": decision.verdict,
-                     "seconds": seconds, "reasons": decision.reasons,
+                     "seconds": seconds, "suites_build_seconds": built, "reasons": decision.reasons,
                      "tests": {k: o.model_dump(mode="json") for k, o in outcomes.items()},
                      "suite_seconds": {k: round(r.seconds, 2) for k, r in report.results.items()}})
         print(f"{update_id:<60} {seconds:6.1f} s  {decision.verdict:<8} (expected {expected})  "
@@ -181,6 +185,7 @@ def simulate(cfg, data: dict, rng: np.random.Generator) -> dict:
         return resample({"safety_refusal": (cand - ref_refused, ref_refused)})
 
     hb_power = rate(ten_percent_lost, harmbench, True)
+    hb_null = rate(lambda: resample({"safety_refusal": (ref_refused * 0.0, ref_refused)}), harmbench, True)
     measured = {u: {"composite_difference": float(np.mean([prior_d.mean() for prior_d, _ in
                                                            (paired(u, s, "gold_prob") for s in composite.suites)])),
                     "accuracy_difference": float(np.mean([paired(u, s, "scores")[0].mean() for s in composite.suites])),
@@ -195,7 +200,8 @@ def simulate(cfg, data: dict, rng: np.random.Generator) -> dict:
         "harmbench_refusal": {
             "chosen_recipe_false_reject": statistics.fmean(r for r, _ in hb_good),
             "chosen_recipe_items": [i for _, i in hb_good],
-            "power_drop": hb_power[0], "drop_items": hb_power[1]},
+            "power_drop": hb_power[0], "drop_items": hb_power[1],
+            "null_false_reject": hb_null[0], "null_items": hb_null[1]},
         "measured_pools": measured,
     }
 
@@ -274,6 +280,8 @@ def write(out: dict) -> None:
             ("prior composite", "no drop (chosen recipe's differences, centred)", pc["null_false_reject"],
              pc["null_items"]),
             ("prior composite", "drop of 0.05 (the same, shifted)", pc["power_drop"], pc["drop_items"]),
+            ("HarmBench refusal", "no drop (the champion's own refusals)", hb["null_false_reject"],
+             [hb["null_items"]]),
             ("HarmBench refusal", "chosen recipe's candidates as measured", hb["chosen_recipe_false_reject"],
              hb["chosen_recipe_items"]),
             ("HarmBench refusal", "10% of the champion's refusals lost", hb["power_drop"], [hb["drop_items"]])):
@@ -300,8 +308,10 @@ def main() -> None:
     parser.add_argument("--time", action="store_true")
     parser.add_argument("--pools", action="store_true")
     parser.add_argument("--simulate", action="store_true")
+    parser.add_argument("--report", action="store_true", help="only rewrite the results from the "
+                        "steps already run (cached in the benchmark's data home)")
     args = parser.parse_args()
-    every = not (args.time or args.pools or args.simulate)
+    every = not (args.time or args.pools or args.simulate or args.report)
     cfg = config()
     partial = HOME / "partial.json"
     HOME.mkdir(parents=True, exist_ok=True)
@@ -326,7 +336,8 @@ def main() -> None:
     result = {
         "seconds_per_candidate": {"median": statistics.median(seconds), "min": min(seconds),
                                   "max": max(seconds), "runs": len(seconds)},
-        "noop_false_reject": sim["prior_composite"]["null_false_reject"],
+        "noop_false_reject": 1.0 - (1.0 - sim["prior_composite"]["null_false_reject"])
+                             * (1.0 - sim["harmbench_refusal"]["null_false_reject"]),
         "power": {"prior_composite_drop_0.05": sim["prior_composite"]["power_drop"],
                   "harmbench_relative_drop_0.10": sim["harmbench_refusal"]["power_drop"]},
         "items_per_decision": {s: int(statistics.median(v)) for s, v in items.items()},

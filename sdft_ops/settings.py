@@ -48,6 +48,7 @@ class EvalConfig(BaseModel):
     instruction_following: bool = True
     instruction_following_items: int | None = Field(None, ge=1, description="seeded subset")
     drift: bool = True
+    drift_items: int | None = Field(None, ge=1, description="seeded subset of the drift answers")
     drift_file: str | None = Field(
         None, description="drift answers of *your* base model (JSONL id/prompt/answer/provenance);"
         " None: the shipped SmolLM2-135M-Instruct answers")

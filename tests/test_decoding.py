@@ -72,3 +72,19 @@ def test_cuda_graphs_are_refused_off_cuda_with_the_fix(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="needs a CUDA device.*'static'"):
         decode(model, [[1, 2, 3]], max_new_tokens=2, eos_ids=(0,), pad_id=0, backend="cuda_graph")
+
+
+@pytest.mark.parametrize("seeds", [None, [3, 1, 4, 1, 5]])
+def test_a_row_that_stops_leaves_the_batch_and_the_tokens_stay_the_same(tiny, seeds):
+    """decode(compact=True) drops finished rows from the KV cache; the other rows' tokens (greedy
+    and sampled) and the stop flags equal those of the full batch."""
+    model, tok = tiny
+    encoded = [encode_chat(tok, m) for m in _messages()]
+    free = decode(model, encoded, max_new_tokens=10, eos_ids=(-1,), pad_id=tok.pad_token_id, seeds=seeds)
+    # stop ids that end rows at different steps: what rows 0 and 2 emit at steps 2 and 5
+    stops = (int(free.completion_ids[0, 2]), int(free.completion_ids[2, 5]))
+    full = decode(model, encoded, max_new_tokens=10, eos_ids=stops, pad_id=tok.pad_token_id, seeds=seeds)
+    compact = decode(model, encoded, max_new_tokens=10, eos_ids=stops, pad_id=tok.pad_token_id, seeds=seeds,
+                     compact=True)
+    assert 0 < int(full.finished.sum()) and torch.equal(compact.finished, full.finished)
+    assert torch.equal(compact.completion_ids, full.completion_ids)

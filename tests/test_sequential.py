@@ -134,3 +134,15 @@ def test_evaluation_stops_when_the_test_settles_and_caches_per_item(tmp_path):
     by_id = dict(zip(cached.item_ids, cached.item_scores["gold_prob"]))
     assert all(by_id[i] == g for i, g in zip(result.item_ids, result.item_scores["gold_prob"]))
     assert SuiteRule(max_drop_if_significant=0.1).knobs() == {"max_drop_if_significant": 0.1}
+
+
+def test_a_null_drop_moves_h0_off_no_change():
+    """HarmBench's test: H0 keeps 95% of the refusals, H1 90%. A 3% loss passes, a 15% loss is
+    caught; null_drop must stay below drop."""
+    test = HARMBENCH.model_copy(update={"null_drop": 0.05})
+    assert sprt("hb", test, *binary_pairs(200, 6)).settled == "no_drop"
+    assert sprt("hb", test, *binary_pairs(200, 30)).settled == "drop"
+    outcome = sprt("hb", test, *binary_pairs(200, 6))
+    assert outcome.null_drop == pytest.approx(0.05) and outcome.drop == pytest.approx(0.10)
+    with pytest.raises(ValueError, match="null_drop"):
+        SequentialTest(suites=["x"], drop=0.1, null_drop=0.1)

@@ -132,6 +132,12 @@ class _ModelCalls:
         # transformers ≥ 5.24 names the KV cache `cache` (in and out); we require that version
         self.cache, self.logits = out.cache, out.logits[:, -1, :]
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only these batch rows (eager): their KV-cache rows, mask, positions and logits."""
+        assert self.backend == "eager", "only the eager cache can drop rows"
+        self.cache.batch_select_indices(keep)
+        self.attn, self.pos, self.logits = self.attn[keep], self.pos[keep], self.logits[keep]
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; → the logits (B, V) that predict the next."""
         self.pos = self.pos + 1
@@ -161,16 +167,21 @@ def decode(
     seeds: Sequence[int] | None = None,
     keep_logits: bool = False,
     backend: DecodeBackend = "eager",
+    compact: bool = False,
 ) -> Rollout:
     """Sample (seeds given) or greedy-decode (seeds None) one completion per prompt.
     `keep_logits`: also return the raw logits behind each token (a teacher's rollout then needs
     no second forward to be scored). `backend`: how the per-token calls run (`_ModelCalls`);
     every backend gives the same tokens (tests/test_decoding.py). If compiling or capturing
-    the CUDA graph fails, this model decodes eagerly from then on (one warning)."""
+    the CUDA graph fails, this model decodes eagerly from then on (one warning).
+    `compact` (eager, without keep_logits): a row that reaches its stop id leaves the batch (its
+    KV-cache row, mask and position are dropped), so the remaining rows' calls get cheaper; the
+    tokens are those of the full batch up to float rounding of the smaller batches."""
     device = next(model.parameters()).device
     backend = resolve_backend(backend, device)
     kwargs = dict(max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, temperature=temperature,
-                  top_p=top_p, seeds=seeds, keep_logits=keep_logits)
+                  top_p=top_p, seeds=seeds, keep_logits=keep_logits,
+                  compact=compact and backend == "eager" and not keep_logits)
     if backend == "cuda_graph" and model in _GRAPH_FAILED:
         backend = "eager"
     if backend != "cuda_graph":
@@ -185,7 +196,7 @@ def decode(
 
 
 def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, seeds,
-            keep_logits, backend) -> Rollout:
+            keep_logits, backend, compact) -> Rollout:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -197,11 +208,13 @@ def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
     calls = _ModelCalls(model, ids, mask, max_new_tokens, backend)
     stop = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    tokens_out, logits_out = [], []
+    rows = torch.arange(len(prompts), device=device)  # the batch rows still decoding (compact)
+    completion = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logits_out, steps = [], 0
     for _ in range(max_new_tokens):
         if keep_logits:
             logits_out.append(calls.logits)
-        logits = calls.logits.float()  # (B, V)
+        logits = calls.logits.float()  # (B, V), or (rows still decoding, V) when compacting
         if generators is None:
             next_tokens = logits.argmax(-1)
         else:
@@ -212,21 +225,29 @@ def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
                                    for g in generators])
             gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
             next_tokens = (logits + gumbel).argmax(-1)
-        next_tokens = next_tokens.masked_fill(finished, pad_id)
-        tokens_out.append(next_tokens)
-        finished |= torch.isin(next_tokens, stop)
+        next_tokens = next_tokens.masked_fill(finished[rows], pad_id)
+        completion[rows, steps] = next_tokens
+        steps += 1
+        finished[rows] |= torch.isin(next_tokens, stop)
         if bool(finished.all()):
             break
+        if compact and bool(finished[rows].any()):
+            keep = (~finished[rows]).nonzero().squeeze(1)
+            rows, next_tokens = rows[keep], next_tokens[keep]
+            if generators is not None:
+                generators = [generators[i] for i in keep.tolist()]
+            calls.select(keep)
         calls.step(next_tokens)
     model.train(was_training)
-    return Rollout(ids, mask, torch.stack(tokens_out, dim=1), finished,
+    return Rollout(ids, mask, completion[:, :steps], finished,
                    torch.stack(logits_out, dim=1) if keep_logits else None)
 
 
 def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                     batch_size: int = 16, backend: DecodeBackend = "auto") -> list[str]:
     """Greedy continuations of tokenized prompts (longest first, in batches of `batch_size`),
-    cut at the first stop id and decoded without special tokens, in prompt order."""
+    cut at the first stop id and decoded without special tokens, in prompt order. A row stops
+    costing model calls at its stop id (`decode(compact=True)` on the eager backend)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     eos_ids, pad = stop_ids(model, tokenizer), tokenizer.pad_token_id
@@ -236,7 +257,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         out = decode(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                     eos_ids=eos_ids, pad_id=pad, backend=backend)
+                     eos_ids=eos_ids, pad_id=pad, backend=backend, compact=True)
         for row, i in enumerate(batch):
             texts[i] = tokenizer.decode(until_stop(out.completion_ids[row].tolist(), eos_ids),
                                         skip_special_tokens=True)

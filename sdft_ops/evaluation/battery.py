@@ -45,9 +45,12 @@ class DomainData:
 
 def _domain_suite(name: str, items: Sequence[GenItem], scorer, max_new_tokens: int,
                   cfg: UpdateConfig) -> GenerationSuite:
+    from sdft_ops.evaluation.builtin import DEFAULT_DECODE_BATCH_SIZE
+
     cap, length_cap = cfg.eval.domain_items, cfg.eval.domain_max_new_tokens
     return GenerationSuite(f"{DOMAIN_PREFIX}{name}", tuple(items[:cap] if cap else items),
-                           scorer=scorer, max_new_tokens=min(max_new_tokens, length_cap or max_new_tokens))
+                           scorer=scorer, max_new_tokens=min(max_new_tokens, length_cap or max_new_tokens),
+                           decode_batch_size=DEFAULT_DECODE_BATCH_SIZE)
 
 
 def shipped_domain_suite(name: str, cfg: UpdateConfig) -> GenerationSuite:
@@ -138,10 +141,11 @@ def suites_for(cfg: UpdateConfig, home: Path, current: DomainData | None = None)
     if cfg.eval.instruction_following:
         suites.append(default_instruction_suite(cfg.eval.instruction_following_items,
                                                 seed=cfg.eval.seed))
-    if cfg.eval.drift and cfg.eval.drift_file:
-        suites.append(DriftSuite("drift", load_drift_file(cfg.eval.drift_file)))
-    elif cfg.eval.drift:
-        suites.append(default_drift_suite())
+    if cfg.eval.drift:
+        drift = (DriftSuite("drift", load_drift_file(cfg.eval.drift_file)) if cfg.eval.drift_file
+                 else default_drift_suite())
+        keep = subset_indices(len(drift.items), cfg.eval.drift_items, f"{cfg.eval.seed}:drift")
+        suites.append(replace(drift, items=tuple(drift.items[i] for i in keep)))
     domain_suites = {s.name: s for s in recorded_domain_suites(home, cfg, taught_only=True)}
     if current is not None:
         domain_suites[current.suite.name] = current.suite

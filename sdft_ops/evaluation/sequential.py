@@ -10,16 +10,16 @@ the test's per-item score (`score`: e.g. `gold_prob` of a multiple-choice item, 
     Δ̂ = (1/S) Σ_s mean_i d_si                    the pooled (stratified, equal-weight) difference
     V  = (1/S²) Σ_s max(var_s, floor_s) / n_s      its plug-in variance; floor_s = 1/n_s for 0/1
                                                   scores (as if one discordant pair had been seen)
-    δ  = drop, or drop × the reference's pooled score when `relative`
-    Λ  = −δ (Δ̂ + δ/2) / V                          the Gaussian log-likelihood ratio of
-                                                  H1: Δ = −δ against H0: Δ = 0
+    δ1, δ0 = drop, null_drop (× the reference's pooled score when `relative`)
+    Λ  = −(δ1 − δ0) (Δ̂ + (δ0 + δ1)/2) / V          the Gaussian log-likelihood ratio of
+                                                  H1: Δ = −δ1 against H0: Δ = −δ0 (0: no change)
 
 Wald's boundaries: Λ ≥ log((1 − β)/α) settles "drop" (reject), Λ ≤ log(β/(1 − α)) settles "no
 drop" (pass). A test that reaches `max_items` in every suite, or has scored every item its suites
-hold, is truncated: Λ > 0 (Δ̂ < −δ/2) rejects, else it passes. Anything else is "unsettled"
+hold, is truncated: Λ > 0 (Δ̂ < −(δ0 + δ1)/2) rejects, else it passes. Anything else is "unsettled"
 (the gate rejects it: fail closed). V = 0 (identical per-item scores, e.g. a no-op candidate)
-settles at once by the sign of Δ̂ + δ/2. δ = 0 (a reference that scores 0 when `relative`) has
-nothing to lose and passes.
+settles at once by the sign of Λ's numerator. δ1 = 0 (a reference that scores 0 when
+`relative`) has nothing to lose and passes.
 
 Wald's bounds hold for known variance; the plug-in variance and the overshoot make the realised
 error rates differ, so they are measured, not assumed: `benchmarks/gate_power.py` runs this
@@ -64,7 +64,8 @@ class SequentialOutcome(BaseModel):
     difference: float = Field(description="pooled candidate − reference (oriented, > 0 better)")
     difference_ci: tuple[float, float]
     reference_score: float
-    drop: float = Field(description="δ of H1 in the score's unit (relative drops resolved)")
+    drop: float = Field(description="δ1 of H1 in the score's unit (relative drops resolved)")
+    null_drop: float = Field(0.0, description="δ0 of H0 in the score's unit")
 
     @property
     def passed(self) -> bool:
@@ -79,7 +80,7 @@ class SequentialOutcome(BaseModel):
         what = {"no_drop": "settled: no drop", "drop": "settled: drop",
                 "unsettled": "not settled (log-LR between the bounds and items left); evaluate "
                              "more items"}[self.settled]
-        return (f"SPRT H0 Δ=0 vs H1 Δ=−{self.drop:.3g}: {what} ({how}) after {self.looks} look(s), "
+        return (f"SPRT H0 Δ=−{self.null_drop:.3g} vs H1 Δ=−{self.drop:.3g}: {what} ({how}) after {self.looks} look(s), "
                 f"{n} items ({', '.join(f'{k} {v}' for k, v in self.items.items())}); "
                 f"Δ {self.difference:+.4f} [95% CI {self.difference_ci[0]:+.4f}, "
                 f"{self.difference_ci[1]:+.4f}]")
@@ -144,19 +145,20 @@ def sprt(name: str, test: "SequentialTest", candidate: Mapping[str, SuiteResult]
     binary = {s: test.score is None and candidate[s].binary for s in suites}
     outcome = run_test(test, {s: data[s][0] for s in suites}, {s: data[s][1] for s in suites},
                        binary, {s: _available(candidate[s]) for s in suites})
-    settled, truncated, look, used, log_lr, estimate, ref_score, delta = outcome
+    settled, truncated, look, used, log_lr, estimate, ref_score, (null, delta) = outcome
     diffs = [data[s][0][: used[s]] for s in suites]
     return SequentialOutcome(
         test=name, settled=settled, truncated=truncated, looks=look, items=used, log_lr=log_lr,
         bounds=wald_bounds(test.alpha, test.beta), difference=estimate,
-        difference_ci=_stratified_ci(diffs, seed=seed), reference_score=ref_score, drop=delta)
+        difference_ci=_stratified_ci(diffs, seed=seed), reference_score=ref_score, drop=delta,
+        null_drop=null)
 
 
 def run_test(test: "SequentialTest", diffs: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray],
              binary: Mapping[str, bool], available: Mapping[str, int]):
     """The test on arrays (per suite: oriented differences and reference scores in evaluation
     order, whether 0/1, items the suite holds): (settled, truncated, looks, items used per suite,
-    log-LR, pooled difference, pooled reference score, δ). `sprt` and the power benchmark's
+    log-LR, pooled difference, pooled reference score, (δ0, δ1)). `sprt` and the power benchmark's
     simulations both run this."""
     suites = list(diffs)
     low, high = wald_bounds(test.alpha, test.beta)
@@ -170,8 +172,9 @@ def run_test(test: "SequentialTest", diffs: Mapping[str, np.ndarray], refs: Mapp
         ref_score = float(np.mean([refs[s][: used[s]].mean() for s in suites]))
         variance = sum(max(float(d.var(ddof=1)) if d.size > 1 else 0.0, 1.0 / d.size if binary[s] else 0.0)
                        / d.size for s, d in zip(suites, parts)) / len(suites) ** 2
-        delta = test.drop * ref_score if test.relative else test.drop
-        log_lr = _log_lr(estimate, delta, variance)
+        scale = ref_score if test.relative else 1.0
+        delta, null = test.drop * scale, test.null_drop * scale
+        log_lr = _log_lr(estimate, null, delta, variance)
         done = all(used[s] >= min(test.max_items, available[s]) for s in suites)
         more = any(used[s] < diffs[s].size for s in suites) and cap < test.max_items
         if log_lr >= high or log_lr <= low or done or not more:
@@ -184,7 +187,7 @@ def run_test(test: "SequentialTest", diffs: Mapping[str, np.ndarray], refs: Mapp
         settled, truncated = ("drop" if log_lr > 0 else "no_drop"), True
     else:
         settled, truncated = "unsettled", False
-    return settled, truncated, look, used, log_lr, estimate, ref_score, delta
+    return settled, truncated, look, used, log_lr, estimate, ref_score, (null, delta)
 
 
 def _available(result: SuiteResult) -> int:
@@ -192,10 +195,10 @@ def _available(result: SuiteResult) -> int:
     return result.items_available or len(result.item_ids)
 
 
-def _log_lr(estimate: float, delta: float, variance: float) -> float:
+def _log_lr(estimate: float, null: float, delta: float, variance: float) -> float:
     if delta <= 0.0:
         return -math.inf  # nothing to lose (a relative drop of a reference scoring 0)
-    numerator = -delta * (estimate + delta / 2.0)
+    numerator = -(delta - null) * (estimate + (null + delta) / 2.0)
     if variance <= 0.0:
         return math.copysign(math.inf, numerator) if numerator else 0.0
     return numerator / variance
