@@ -11,8 +11,9 @@ the champion itself re-registered (a literal no-op), the chosen recipe on toolus
    domain step (prior pools, HarmBench, benign look-alikes, IFEval-like, drift, domain/safety,
    domain/tooluse, domain/triage). The champion was scored beforehand (its per-item scores are
    cached, as in the chain); the candidate's cache is emptied first. Decisions by `gate.decide`.
-2. Pools: the champion and every candidate scored on every item of the sequential tests' suites
-   (128 per prior suite, HarmBench's 200), cached per item.
+2. Pools: the champion and the chosen recipe's candidates scored on every item of the
+   sequential tests' suites (128 per prior suite, HarmBench's 200, the 108 benign), cached per
+   item.
 3. Simulations (`evaluation.sequential.run_test`, the gate's own code), `SIMULATIONS` each, items
    drawn with replacement from the measured per-item data, in a random order:
    - prior composite, no drop: the chosen recipe's candidates' paired gold_prob differences,
@@ -21,8 +22,10 @@ the champion itself re-registered (a literal no-op), the chosen recipe on toolus
      candidates as measured (each keeps ≥ 90%, so a reject there is a miss of the recipe's bar,
      though not of the test's H0); a no-drop world: the champion's own refusals (every refusal
      kept, as a no-op); a 10% relative drop: the champion's refusals with a random tenth of them
-     lost per simulation. `noop_false_reject`: a no-op rejected by either test (1 − the product
-     of the two tests' pass rates in their no-drop worlds).
+     lost per simulation.
+   - benign compliance: the champion's own answers (no drop) and the chosen recipe's candidates.
+   `noop_false_reject`: a no-op rejected by any of the three tests (1 − the product of their
+   pass rates in their no-drop worlds).
 4. Refusal detection: the HarmBench and benign answers cut at the suite's `max_new_tokens`
    against 32-token answers (the earlier length), per model: agreement of the refusal label.
    And the continuous signal the safety suites could use, the log-prob margin of a fixed
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shutil
 import statistics
@@ -129,7 +133,7 @@ def pools(cfg) -> dict:
 
     suites = sequential_suites(cfg, chain_suites(cfg))
     out = {}
-    for update_id in ["champion", *CANDIDATES]:
+    for update_id in ["champion", *GOOD]:  # the simulations' data; the others' decisions are timed
         folder, ref = ((champion().model_dir, champion().ref) if update_id == "champion"
                        else (model_dir(update_id), f"candidate:{update_id}"))
         results = ModelScores(folder, ref, cfg, HOME).results(suites)
@@ -186,11 +190,17 @@ def simulate(cfg, data: dict, rng: np.random.Generator) -> dict:
 
     hb_power = rate(ten_percent_lost, harmbench, True)
     hb_null = rate(lambda: resample({"safety_refusal": (ref_refused * 0.0, ref_refused)}), harmbench, True)
+    benign = cfg.gate.sequential["benign_compliance"]
+    ref_answered = np.asarray(data["champion"]["safety_benign_compliance"]["scores"])
+    benign_null = rate(lambda: resample({"safety_benign_compliance": (ref_answered * 0.0, ref_answered)}),
+                       benign, True)
+    benign_good = [rate(lambda p=p: resample({"safety_benign_compliance": p}), benign, True)
+                   for p in (paired(u, "safety_benign_compliance", "scores") for u in GOOD)]
     measured = {u: {"composite_difference": float(np.mean([prior_d.mean() for prior_d, _ in
                                                            (paired(u, s, "gold_prob") for s in composite.suites)])),
                     "accuracy_difference": float(np.mean([paired(u, s, "scores")[0].mean() for s in composite.suites])),
                     "harmbench_retention": float(np.mean(data[u]["safety_refusal"]["scores"]) / ref_refused.mean())}
-                for u in CANDIDATES}
+                for u in GOOD}
     return {
         "prior_composite": {
             "null_false_reject": statistics.fmean(r for r, _ in null),
@@ -202,6 +212,10 @@ def simulate(cfg, data: dict, rng: np.random.Generator) -> dict:
             "chosen_recipe_items": [i for _, i in hb_good],
             "power_drop": hb_power[0], "drop_items": hb_power[1],
             "null_false_reject": hb_null[0], "null_items": hb_null[1]},
+        "benign_compliance": {
+            "null_false_reject": benign_null[0], "null_items": benign_null[1],
+            "chosen_recipe_false_reject": statistics.fmean(r for r, _ in benign_good),
+            "chosen_recipe_items": [i for _, i in benign_good]},
         "measured_pools": measured,
     }
 
@@ -284,7 +298,11 @@ def write(out: dict) -> None:
              [hb["null_items"]]),
             ("HarmBench refusal", "chosen recipe's candidates as measured", hb["chosen_recipe_false_reject"],
              hb["chosen_recipe_items"]),
-            ("HarmBench refusal", "10% of the champion's refusals lost", hb["power_drop"], [hb["drop_items"]])):
+            ("HarmBench refusal", "10% of the champion's refusals lost", hb["power_drop"], [hb["drop_items"]]),
+            ("benign compliance", "no drop (the champion's own answers)", sim["benign_compliance"]["null_false_reject"],
+             [sim["benign_compliance"]["null_items"]]),
+            ("benign compliance", "chosen recipe's candidates as measured",
+             sim["benign_compliance"]["chosen_recipe_false_reject"], sim["benign_compliance"]["chosen_recipe_items"])):
         lines.append(f"| {test} | {world} | {r:.3f} | {spans(items)} |")
     lines += ["", "Measured pools (every item; candidate − champion):", "",
               "| candidate | gold_prob composite Δ | accuracy Δ (mean of suites) | HarmBench retention |",
@@ -336,8 +354,8 @@ def main() -> None:
     result = {
         "seconds_per_candidate": {"median": statistics.median(seconds), "min": min(seconds),
                                   "max": max(seconds), "runs": len(seconds)},
-        "noop_false_reject": 1.0 - (1.0 - sim["prior_composite"]["null_false_reject"])
-                             * (1.0 - sim["harmbench_refusal"]["null_false_reject"]),
+        "noop_false_reject": 1.0 - math.prod(1.0 - sim[t]["null_false_reject"] for t in
+                                             ("prior_composite", "harmbench_refusal", "benign_compliance")),
         "power": {"prior_composite_drop_0.05": sim["prior_composite"]["power_drop"],
                   "harmbench_relative_drop_0.10": sim["harmbench_refusal"]["power_drop"]},
         "items_per_decision": {s: int(statistics.median(v)) for s, v in items.items()},

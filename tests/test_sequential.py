@@ -146,3 +146,21 @@ def test_a_null_drop_moves_h0_off_no_change():
     assert outcome.null_drop == pytest.approx(0.05) and outcome.drop == pytest.approx(0.10)
     with pytest.raises(ValueError, match="null_drop"):
         SequentialTest(suites=["x"], drop=0.1, null_drop=0.1)
+
+
+def test_drift_items_is_a_seeded_subset_and_domain_suites_decode_in_one_batch(tmp_path):
+    from sdft_ops.evaluation.battery import shipped_domain_suite, suites_for
+    from sdft_ops.evaluation.builtin import DEFAULT_DECODE_BATCH_SIZE, default_drift_suite
+    from sdft_ops.settings import UpdateConfig
+
+    small = {"prior_sizes": {k: 0 for k in ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande",
+                                             "mmlu")}, "safety": False, "instruction_following": False}
+    cfg = UpdateConfig.model_validate({"eval": small | {"drift_items": 7}})
+    drift = next(s for s in suites_for(cfg, tmp_path) if s.name == "drift")
+    every = [i.item_id for i in default_drift_suite().items]
+    assert len(drift.items) == 7 and {i.item_id for i in drift.items} <= set(every)
+    again = next(s for s in suites_for(cfg, tmp_path) if s.name == "drift")
+    assert [i.item_id for i in again.items] == [i.item_id for i in drift.items]
+    whole = UpdateConfig.model_validate({"eval": small})
+    assert len(next(s for s in suites_for(whole, tmp_path) if s.name == "drift").items) == len(every)
+    assert shipped_domain_suite("triage", cfg).decode_batch_size == DEFAULT_DECODE_BATCH_SIZE
