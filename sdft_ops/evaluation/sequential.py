@@ -1,7 +1,8 @@
 """The gate's sequential tests: Wald's SPRT on paired per-item differences, looked at in blocks.
 
 One test (`gate_policy.SequentialTest`) pools one or more suites (strata). Items of every suite
-are scored in a fixed seeded order (`evaluation_order`, checked by the gate), `block` items per suite per look, at
+are scored in a fixed seeded order (`evaluation_order`: by a hash of seed, suite and item id, so
+the gate takes any report's items in the same order), `block` items per suite per look, at
 most `max_items` per suite. At look k each suite s contributes its first n_s = min(k · block,
 max_items, scored) items, d_si = candidate − reference on item i (oriented: > 0 is better), on
 the test's per-item score (`score`: e.g. `gold_prob` of a multiple-choice item, or the primary
@@ -125,26 +126,24 @@ def _stratified_ci(diffs: list[np.ndarray], n_boot: int = 1000, seed: int = 0) -
 
 def sprt(name: str, test: "SequentialTest", candidate: Mapping[str, SuiteResult],
          reference: Mapping[str, SuiteResult], seed: int = 0) -> SequentialOutcome | None:
-    """Replay `test`'s looks over the stored items and stop at the first settled look; the
-    candidate's items must be in the evaluation order of `seed` (`evaluation_order`), else
-    ValueError. None when the report holds none of the test's suites."""
+    """Replay `test`'s looks over the stored items, taken in the evaluation order of `seed`
+    (`evaluation_order`), and stop at the first settled look. None when the report holds none
+    of the test's suites."""
     suites = [s for s in test.suites if s in candidate]
     if not suites:
         return None
     missing = [s for s in suites if s not in reference]
     if missing:
         raise KeyError(f"{name}: no reference result for {missing}")
-    for s in suites:
-        ids = candidate[s].item_ids
-        if list(ids) != evaluation_order(ids, order_key(seed, s)):
-            raise ValueError(f"{name}: {s}'s items are not in the seeded evaluation order (seed "
-                             f"{seed}); score them with evaluate_candidate")
-    data = {s: _differences(candidate[s], reference[s], test.score) for s in suites}
+    # the looks read the items in the seeded evaluation order, whatever order the report holds
+    ordered = {s: candidate[s].subset(evaluation_order(candidate[s].item_ids, order_key(seed, s)))
+               for s in suites}
+    data = {s: _differences(ordered[s], reference[s], test.score) for s in suites}
     if bad := [s for s in suites if not (np.all(np.isfinite(data[s][0])) and data[s][0].size)]:
         raise ValueError(f"{name}: {bad[0]} has no finite paired per-item scores; re-evaluate it")
     binary = {s: test.score is None and candidate[s].binary for s in suites}
     outcome = run_test(test, {s: data[s][0] for s in suites}, {s: data[s][1] for s in suites},
-                       binary, {s: _available(candidate[s]) for s in suites})
+                       binary, {s: _available(ordered[s]) for s in suites})
     settled, truncated, look, used, log_lr, estimate, ref_score, (null, delta) = outcome
     diffs = [data[s][0][: used[s]] for s in suites]
     return SequentialOutcome(
