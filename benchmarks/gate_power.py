@@ -3,8 +3,8 @@ the gate rejects a candidate that lost nothing, and how often it catches a real 
 
 Models: `benchmarks/recipes.py`'s data home (benchmarks/results/cache/recipes). The reference is
 its safety champion (`updates/safety/model`); the candidates (`CANDIDATES`) were trained from it:
-the champion itself re-registered (a literal no-op), the chosen recipe on tooluse and on triage
-(seed 1), the rushed SFT update (16 steps, lr 1e-4, no replay) and a damaging SFT at lr 3e-3.
+the champion itself re-registered (a literal no-op), the chosen recipe on triage (seed 1; its
+tooluse run did not fit the session that measured this), the rushed SFT update (16 steps, lr 1e-4, no replay) and a damaging SFT at lr 3e-3.
 
 1. Timed (`--time`): each candidate's whole evaluation as the demo's gate runs it:
    configs/demo.yaml's eval and configs/gate.yaml's policy, every suite of the chain's last
@@ -57,12 +57,11 @@ CHOSEN = "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps"
 # update id in the recipes home → (domain, expected verdict, what it is)
 CANDIDATES = {
     "safety": ("safety", "promote", "no-op: the champion re-registered"),
-    f"tooluse--{CHOSEN}": ("tooluse", "promote", "the chosen recipe on tooluse"),
     f"triage--{CHOSEN}-seed1": ("triage", "promote", "the chosen recipe on triage (seed 1)"),
     "tooluse--sft": ("tooluse", "reject", "rushed SFT (16 steps, lr 1e-4, no replay)"),
     "tooluse--sft-lr3e-3": ("tooluse", "reject", "damaging SFT (lr 3e-3)"),
 }
-GOOD = [f"tooluse--{CHOSEN}", f"triage--{CHOSEN}-seed1"]
+GOOD = [f"triage--{CHOSEN}-seed1"]
 CHAIN_DOMAINS = ("safety", "tooluse", "triage")
 SIMULATIONS = 2000
 FULL_REFUSAL_TOKENS = 32
