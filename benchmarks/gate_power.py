@@ -98,7 +98,7 @@ def sequential_suites(cfg, suites):
 
 def timed(cfg) -> dict:
     """Step 1: each candidate's whole evaluation, champion cached; its gate decision."""
-    from sdft_ops.evaluation.battery import ModelScores, evaluate_candidate
+    from sdft_ops.evaluation.battery import ModelScores, _cache_path, evaluate_candidate
     from sdft_ops.evaluation.sequential import sprt
     from sdft_ops.gate import decide
 
@@ -107,7 +107,7 @@ def timed(cfg) -> dict:
     runs = []
     for update_id, (domain, expected, what) in CANDIDATES.items():
         ref = f"candidate:{update_id}"
-        shutil.rmtree(HOME / "eval_cache" / ref.replace(":", "_"), ignore_errors=True)
+        shutil.rmtree(_cache_path(HOME, ref, suites[0]).parent, ignore_errors=True)  # scored afresh
         start = time.perf_counter()
         suites = chain_suites(cfg)  # building the suites (reading the benchmark data) is timed too
         built = time.perf_counter() - start

@@ -88,3 +88,26 @@ def test_a_row_that_stops_leaves_the_batch_and_the_tokens_stay_the_same(tiny, se
                      compact=True)
     assert 0 < int(full.finished.sum()) and torch.equal(compact.finished, full.finished)
     assert torch.equal(compact.completion_ids, full.completion_ids)
+
+
+def test_a_shared_prompt_prefix_runs_once_with_the_same_logits(tiny):
+    """Prompts that share a chat template's system prompt: the prefix runs once, its KV cache is
+    repeated per row; the next-token logits after the prompt and after a few steps match the plain
+    left-padded batch."""
+    from sdft_ops.engine.sampling import MIN_SHARED_PREFIX, _ModelCalls, left_pad, shared_prefix
+
+    model, tok = tiny
+    system = [{"role": "system", "content": "You are a careful assistant who answers briefly."}]
+    encoded = [encode_chat(tok, system + m) for m in _messages()]
+    assert shared_prefix(encoded) >= MIN_SHARED_PREFIX
+    ids, mask = left_pad(encoded, tok.pad_token_id, model.device)
+    with torch.no_grad():
+        plain = _ModelCalls(model, ids, mask, 4, "eager")
+        shared = _ModelCalls(model, ids, mask, 4, "eager", prompts=encoded, pad_id=tok.pad_token_id)
+        prefix = shared_prefix(encoded)
+        assert bool(shared.attn[:, :prefix].all()) and shared.attn.shape[1] > ids.shape[1] - prefix
+        for _ in range(3):
+            torch.testing.assert_close(shared.logits, plain.logits, atol=1e-4, rtol=1e-4)
+            step = plain.logits.argmax(-1)
+            plain.step(step)
+            shared.step(step)

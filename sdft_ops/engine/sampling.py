@@ -91,6 +91,20 @@ _GRAPH_FAILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 log = logging.getLogger(__name__)
 
 
+MIN_SHARED_PREFIX = 8  # tokens every prompt of a batch must share before they are run once
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all prompts share (each keeps at least one of its own)."""
+    if len(prompts) < 2:
+        return 0
+    first, limit = prompts[0], min(map(len, prompts)) - 1
+    length = 0
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length
+
+
 def resolve_backend(backend: DecodeBackend, device: torch.device) -> str:
     """`auto`: CUDA graphs on a CUDA device, eager elsewhere."""
     if backend == "auto":
@@ -111,9 +125,14 @@ class _ModelCalls:
       "reduce-overhead"), which replays it as one CUDA graph instead of hundreds of launches.
     """
 
-    def __init__(self, model, ids, mask, max_new_tokens: int, backend: str):
+    def __init__(self, model, ids, mask, max_new_tokens: int, backend: str,
+                 prompts: Sequence[Sequence[int]] | None = None, pad_id: int = 0):
         self.backend, self.width = backend, ids.shape[1]
         self.pos = position_ids(mask)[:, -1:]
+        prefix = shared_prefix(prompts) if prompts is not None and backend == "eager" else 0
+        if prefix >= MIN_SHARED_PREFIX:
+            self._prefill_shared(model, prompts, prefix, pad_id)
+            return
         if backend == "eager":
             self.attn, self.cache = mask, None
         else:
@@ -131,6 +150,25 @@ class _ModelCalls:
                     position_ids=position_ids(mask), cache=self.cache, use_cache=True, logits_to_keep=1)
         # transformers ≥ 5.24 names the KV cache `cache` (in and out); we require that version
         self.cache, self.logits = out.cache, out.logits[:, -1, :]
+
+    def _prefill_shared(self, model, prompts, prefix: int, pad_id: int) -> None:
+        """Eager prefill when every prompt starts with the same `prefix` tokens (a chat
+        template's system prompt): those run once, their KV cache is repeated per row, then
+        each row's own tokens run on top, left-padded after the shared part. Positions and
+        mask are those of the row's own prompt; the padding sits between the parts, masked."""
+        device = next(model.parameters()).device
+        head = torch.tensor([list(prompts[0][:prefix])], dtype=torch.long, device=device)  # (1, P)
+        out = model(input_ids=head, position_ids=torch.arange(prefix, device=device)[None],
+                    use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        cache.batch_repeat_interleave(len(prompts))
+        rest, rest_mask = left_pad([p[prefix:] for p in prompts], pad_id, device)  # (B, R)
+        self.attn = torch.cat([rest_mask.new_ones(len(prompts), prefix), rest_mask], dim=1)
+        positions = position_ids(self.attn)
+        out = model(input_ids=rest, attention_mask=self.attn, position_ids=positions[:, prefix:],
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        self.cache, self.logits, self.pos = out.cache, out.logits[:, -1, :], positions[:, -1:]
+        self.step_fn, self.width = model, self.attn.shape[1]
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only these batch rows (eager): their KV-cache rows, mask, positions and logits."""
@@ -175,8 +213,10 @@ def decode(
     every backend gives the same tokens (tests/test_decoding.py). If compiling or capturing
     the CUDA graph fails, this model decodes eagerly from then on (one warning).
     `compact` (eager, without keep_logits): a row that reaches its stop id leaves the batch (its
-    KV-cache row, mask and position are dropped), so the remaining rows' calls get cheaper; the
-    tokens are those of the full batch up to float rounding of the smaller batches."""
+    KV-cache row, mask and position are dropped), so the remaining rows' calls get cheaper; and
+    a prefix every prompt shares (a chat template's system prompt) is run once
+    (`_ModelCalls._prefill_shared`). The tokens are those of the plain batch up to float
+    rounding."""
     device = next(model.parameters()).device
     backend = resolve_backend(backend, device)
     kwargs = dict(max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, temperature=temperature,
@@ -205,7 +245,8 @@ def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
     generators = None
     if seeds is not None:
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    calls = _ModelCalls(model, ids, mask, max_new_tokens, backend)
+    calls = _ModelCalls(model, ids, mask, max_new_tokens, backend,
+                        prompts=prompts if compact else None, pad_id=pad_id)
     stop = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     rows = torch.arange(len(prompts), device=device)  # the batch rows still decoding (compact)
