@@ -182,6 +182,7 @@ class ModelScores:
     def __init__(self, model_dir: str, model_ref: str, cfg: UpdateConfig, home: Path):
         self.model_dir, self.model_ref, self.cfg, self.home = model_dir, model_ref, cfg, Path(home)
         self._model = None
+        self._cached: dict[Path, SuiteResult] = {}  # cache files read or written, by path
 
     def _load(self):
         from sdft_ops.models import load_model_at
@@ -190,49 +191,48 @@ class ModelScores:
             self._model = load_model_at(self.model_dir, self.cfg.model)
         return self._model
 
+    def _read(self, path: Path) -> SuiteResult | None:
+        if path not in self._cached and path.is_file():
+            self._cached[path] = SuiteResult.model_validate_json(path.read_text())
+        return self._cached.get(path)
+
     def results(self, suites: Sequence, items: Mapping[str, Sequence[str]] | None = None,
                 progress: bool = True) -> dict[str, SuiteResult]:
         """{suite: its result on `items[suite]` (in that order; default every item)}."""
         from sdft_ops.evaluation.suites import run_suites
 
-        cached, todo = {}, []
+        ids = {s.name: _item_ids(s) for s in suites}  # None: a suite without items, run whole
+        wanted = {s.name: list(items[s.name]) if items and s.name in items else ids[s.name] for s in suites}
+        paths = {s.name: _cache_path(self.home, self.model_ref, s) for s in suites}
+        todo = []
         for suite in suites:
-            ids, path = _item_ids(suite), _cache_path(self.home, self.model_ref, suite)
-            if ids is None:  # a suite without items cannot be cached or split: run it whole
+            if ids[suite.name] is None:
                 todo.append(suite)
                 continue
-            wanted = list(items[suite.name]) if items and suite.name in items else ids
-            if path.is_file():
-                cached[suite.name] = SuiteResult.model_validate_json(path.read_text())
-            have = set(cached[suite.name].item_ids) if suite.name in cached else set()
-            by_id = dict(zip(ids, suite.items))
-            if missing := [i for i in wanted if i not in have]:
-                todo.append(replace(suite, items=tuple(by_id[i] for i in missing)))
+            have = set(cached.item_ids) if (cached := self._read(paths[suite.name])) else set()
+            if missing := set(wanted[suite.name]) - have:
+                todo.append(replace(suite, items=tuple(i for i, item_id in zip(suite.items, ids[suite.name])
+                                                       if item_id in missing)))
+        fresh = {}
         if todo:
             model, tokenizer = self._load()
             fresh = run_suites(model, tokenizer, todo, batch_size=self.cfg.eval.batch_size,
                                precision=self.cfg.eval.precision, progress=progress)
-            for suite in todo:
-                result = fresh[suite.name]
-                if _item_ids(suite) is None:
-                    cached[suite.name] = result
-                    continue
-                merged = cached[suite.name].merged(result) if suite.name in cached else result
-                path = _cache_path(self.home, self.model_ref, suite)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(merged.model_dump_json())
-                cached[suite.name] = merged
         out = {}
         for suite in suites:
-            ids = _item_ids(suite)
-            if ids is None:
-                out[suite.name] = cached[suite.name]
+            name = suite.name
+            if ids[name] is None:
+                out[name] = fresh[name]
                 continue
-            wanted = list(items[suite.name]) if items and suite.name in items else ids
-            result = cached[suite.name]
-            if list(result.item_ids) != wanted:
-                result = result.subset(wanted)
-            out[suite.name] = result.model_copy(update={"items_available": len(ids)})
+            if name in fresh:
+                cached = self._read(paths[name])
+                self._cached[paths[name]] = cached.merged(fresh[name]) if cached else fresh[name]
+                paths[name].parent.mkdir(parents=True, exist_ok=True)
+                paths[name].write_text(self._cached[paths[name]].model_dump_json())
+            result = self._cached[paths[name]]
+            if list(result.item_ids) != wanted[name]:
+                result = result.subset(wanted[name])
+            out[name] = result.model_copy(update={"items_available": len(ids[name])})
         return out
 
 
