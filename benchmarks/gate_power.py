@@ -32,7 +32,7 @@ tooluse run did not fit the session that measured this), the rushed SFT update (
    refusal over a fixed compliant opening (`SafetySuite.loglik_margins`): its AUC against the
    32-token refusal labels, per model (used only if it ranks them well).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/gate_power.py [--time] [--pools] [--simulate] [--report]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/gate_power.py [--time] [--pools] [--simulate] [--refusal] [--report]
     (no flag: all steps; results in benchmarks/results/gate_power.json and .md)
 """
 
@@ -325,10 +325,11 @@ def main() -> None:
     parser.add_argument("--time", action="store_true")
     parser.add_argument("--pools", action="store_true")
     parser.add_argument("--simulate", action="store_true")
+    parser.add_argument("--refusal", action="store_true", help="step 4 (float32, as loaded)")
     parser.add_argument("--report", action="store_true", help="only rewrite the results from the "
                         "steps already run (cached in the benchmark's data home)")
     args = parser.parse_args()
-    every = not (args.time or args.pools or args.simulate or args.report)
+    every = not (args.time or args.pools or args.simulate or args.refusal or args.report)
     cfg = config()
     partial = HOME / "partial.json"
     HOME.mkdir(parents=True, exist_ok=True)
@@ -337,6 +338,7 @@ def main() -> None:
         out["timing"] = timed(cfg)
     if args.pools or every:
         out["pools"] = pools(cfg)
+    if args.refusal or every:
         out["refusal_detection"] = refusal_detection(cfg)
     if args.simulate or every:
         out["simulations"] = simulate(cfg, out["pools"], np.random.default_rng(0))
