@@ -11,6 +11,8 @@ tooluse run did not fit the session that measured this), the rushed SFT update (
    domain step (prior pools, HarmBench, benign look-alikes, IFEval-like, drift, domain/safety,
    domain/tooluse, domain/triage). The champion was scored beforehand (its per-item scores are
    cached, as in the chain); the candidate's cache is emptied first. Decisions by `gate.decide`.
+   demo.yaml sets `eval.stop_at_first_reject`: a candidate whose HarmBench or benign test
+   settles a drop is not scored on the other suites (its verdict cannot change).
 2. Pools: the champion and the chosen recipe's candidates scored on every item of the
    sequential tests' suites (128 per prior suite, HarmBench's 200, the 108 benign), cached per
    item.
@@ -118,10 +120,12 @@ def timed(cfg) -> dict:
                     for name, test in cfg.gate.sequential.items()}
         runs.append({"update": update_id, "what": what, "expected": expected, "decided": decision.verdict,
                      "seconds": seconds, "suites_build_seconds": built, "reasons": decision.reasons,
-                     "tests": {k: o.model_dump(mode="json") for k, o in outcomes.items()},
+                     "tests": {k: o.model_dump(mode="json") if o else None for k, o in outcomes.items()},
+                     "stopped_early": report.stopped_early,
                      "suite_seconds": {k: round(r.seconds, 2) for k, r in report.results.items()}})
         print(f"{update_id:<60} {seconds:6.1f} s  {decision.verdict:<8} (expected {expected})  "
-              + "  ".join(f"{k}: {o.settled} at {sum(o.items.values())} items" for k, o in outcomes.items()),
+              + "  ".join(f"{k}: {o.settled} at {sum(o.items.values())} items" if o else f"{k}: not scored"
+                          for k, o in outcomes.items()),
               flush=True)
     return {"runs": runs}
 
@@ -270,7 +274,10 @@ def write(out: dict) -> None:
              f"Machine: {out['machine']}. Command: `{out['command']}`.", "",
              f"**Seconds per candidate** (whole evaluation, champion cached): median "
              f"{out['seconds_per_candidate']['median']:.1f}, min {out['seconds_per_candidate']['min']:.1f}, "
-             f"max {out['seconds_per_candidate']['max']:.1f} over {out['seconds_per_candidate']['runs']} candidates.",
+             f"max {out['seconds_per_candidate']['max']:.1f} over {out['seconds_per_candidate']['runs']} candidates. "
+             "A candidate whose safety test settles a drop stops there (`eval.stop_at_first_reject`); "
+             "the candidates scored on every suite took "
+             + ", ".join(f"{r['seconds']:.1f}" for r in runs if not r.get("stopped_early")) + " s.",
              "", f"**False reject of a no-op candidate: {out['noop_false_reject']:.3f}**; power at a 0.05 "
              f"composite prior drop **{out['power']['prior_composite_drop_0.05']:.3f}**, at a 10% relative "
              f"HarmBench refusal drop **{out['power']['harmbench_relative_drop_0.10']:.3f}** "

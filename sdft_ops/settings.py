@@ -59,6 +59,10 @@ class EvalConfig(BaseModel):
     precision: str = Field("bf16_autocast", pattern="^(model|bf16_autocast)$")
     n_boot: int = Field(2000, ge=100)
     seed: int = 0
+    stop_at_first_reject: bool = Field(
+        False, description="stop scoring a candidate once one of the gate's sequential tests "
+        "settles a drop (the verdict is then reject whatever else is scored); the report says so "
+        "and holds only the suites scored. The required suites' tests run first")
 
 
 class TrackingConfig(BaseModel):

@@ -162,3 +162,41 @@ def test_drift_items_is_a_seeded_subset_and_domain_suites_decode_in_one_batch(tm
     whole = UpdateConfig.model_validate({"eval": small})
     assert len(next(s for s in suites_for(whole, tmp_path) if s.name == "drift").items) == len(every)
     assert shipped_domain_suite("triage", cfg).decode_batch_size == DEFAULT_DECODE_BATCH_SIZE
+
+
+def test_a_settled_drop_stops_the_evaluation_when_asked(tmp_path):
+    """`eval.stop_at_first_reject`: once a sequential test settles a drop, the other suites are
+    not scored; the report holds what was scored and says why, and the gate rejects. Off (the
+    default), every suite is scored."""
+    from sdft_ops.evaluation.battery import ModelScores, _cache_path, evaluate_candidate
+    from sdft_ops.evaluation.suites import MCItem, MultipleChoiceSuite
+    from sdft_ops.update_state import Parent
+    from tests.pipeline_helpers import tiny_base, tiny_config
+
+    base = tiny_base(tmp_path / "base")
+    items = tuple(MCItem.shared(f"q{i}", f"Question {i}: pick one.", ["yes", "no", "maybe"], i % 3)
+                  for i in range(16))
+    tested, other = MultipleChoiceSuite("arc_easy", items), MultipleChoiceSuite("piqa", items[:4])
+    test = SequentialTest(suites=["arc_easy"], score="gold_prob", drop=0.05, block=8, max_items=16)
+    parent = Parent(version="1", model_dir=str(base), ref="model:1")
+    for stop in (True, False):
+        home = tmp_path / str(stop)
+        cfg = tiny_config(base).merged({"gate": {"sequential": {"prior_composite": test.model_dump()},
+                                                  "required_suites": []},
+                                        "eval": {"stop_at_first_reject": stop}})
+        reference = ModelScores(str(base), "model:1", cfg, home).results([tested], progress=False)["arc_easy"]
+        broken = reference.model_copy(update={"scores": (0.0,) * 16, "item_scores": {
+            k: (0.0,) * 16 for k in reference.item_scores}})  # a candidate that lost every gold answer
+        path = _cache_path(home, "broken", tested)
+        path.parent.mkdir(parents=True)
+        path.write_text(broken.model_dump_json())
+        report = evaluate_candidate(base, "broken", parent, [tested, other], cfg, home)
+        decision = decide(report, cfg.gate, parent_version="1", champion_version="1")
+        assert not decision.promote
+        if stop:
+            assert set(report.results) == {"arc_easy"}
+            assert report.stopped_early.startswith("prior_composite: SPRT") and "settled: drop" in report.stopped_early
+            assert "Stopped early" in report.to_markdown()
+            assert not _cache_path(home, "broken", other).exists()
+        else:
+            assert set(report.results) == {"arc_easy", "piqa"} and report.stopped_early is None

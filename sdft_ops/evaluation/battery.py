@@ -248,20 +248,25 @@ def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, 
     A suite in one of the gate's sequential tests (`cfg.gate.sequential`) is scored in its
     seeded evaluation order, `block` items per look, until the test settles
     (`evaluation.sequential`); every other suite is scored whole. Both models' per-item scores
-    are cached, so a champion is scored on an item once."""
+    are cached, so a champion is scored on an item once. With `eval.stop_at_first_reject`, a
+    test that settles a drop ends the evaluation (the tests of required suites run first): the
+    report holds the suites scored so far and says why (`EvalReport.stopped_early`)."""
     from sdft_ops.evaluation.sequential import evaluation_order, order_key, sprt
 
     cand = ModelScores(str(candidate_dir), candidate_ref, cfg, home)
     ref = ModelScores(parent.model_dir, parent.ref, cfg, home)
     sequential = {name: [s for s in suites if s.name in test.suites and _item_ids(s)]
                   for name, test in cfg.gate.sequential.items()}
+    required = {n for n, members in sequential.items() if any(s.name in cfg.gate.required_suites for s in members)}
+    tests = sorted(sequential, key=lambda n: n not in required)  # required suites (safety) first
     pooled = {s.name for members in sequential.values() for s in members}
-    whole = [s for s in suites if s.name not in pooled]
-    candidate, reference = cand.results(whole), ref.results(whole)
-    for name, members in sequential.items():
+    candidate, reference, stopped = {}, {}, None
+    for name in tests:
+        members, test = sequential[name], cfg.gate.sequential[name]
+        if stopped and name not in required:  # every required suite is still scored
+            break
         if not members:
             continue
-        test = cfg.gate.sequential[name]
         order = {s.name: evaluation_order(_item_ids(s), order_key(cfg.eval.seed, s.name)) for s in members}
         look = 0
         while True:
@@ -275,8 +280,15 @@ def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, 
         log.info("%s: %s", name, outcome.note())
         candidate |= c
         reference |= r
-    candidate = {s.name: candidate[s.name] for s in suites}
-    reference = {s.name: reference[s.name] for s in suites}
+        if outcome.settled == "drop" and cfg.eval.stop_at_first_reject and not stopped:
+            stopped = f"{name}: {outcome.note()}"
+            log.info("stopping the evaluation: %s settled a drop, so the candidate is rejected", name)
+    whole = [s for s in suites if s.name not in pooled and (not stopped or s.name in cfg.gate.required_suites)]
+    if whole:
+        candidate |= cand.results(whole)
+        reference |= ref.results(whole)
+    candidate = {s.name: candidate[s.name] for s in suites if s.name in candidate}
+    reference = {s.name: reference[s.name] for s in suites if s.name in reference}
     return build_report(candidate_ref, candidate, reference_ref=parent.ref,
                         reference_results=reference, config=cfg.model_dump(mode="json"),
-                        seed=cfg.eval.seed, n_boot=cfg.eval.n_boot)
+                        seed=cfg.eval.seed, n_boot=cfg.eval.n_boot, stopped_early=stopped)

@@ -52,6 +52,9 @@ class EvalReport(BaseModel):
     seeds: dict[str, int] = Field(default_factory=dict)
     created_at: str = Field(description="ISO-8601 UTC timestamp")
     code_version: str | None = None
+    stopped_early: str | None = Field(
+        None, description="why the other suites were not scored: a sequential test settled a "
+        "drop (`eval.stop_at_first_reject`); the verdict cannot change, the report is partial")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvalReport":
@@ -116,6 +119,8 @@ class EvalReport(BaseModel):
         pct = f"{self.level:.0%}"
         lines = [f"# Evaluation: `{self.model_ref}`",
                  f"reference: `{self.reference_ref}`" if self.reference_ref else "reference: none",
+                 *(["", f"**Stopped early:** {self.stopped_early}; the other suites were not scored."]
+                   if self.stopped_early else []),
                  "",
                  f"| suite | metric | n | candidate score [{pct} CI] | reference score "
                  f"| retention ratio [{pct} CI] | Δ [{pct} CI] | McNemar p |",
@@ -185,7 +190,8 @@ def _code_version() -> str | None:
 def build_report(model_ref: str, results: Results, reference_ref: str | None = None,
                  reference_results: Results | None = None, config: dict[str, Any] | None = None,
                  seed: int = 0, n_boot: int = 2000, *, level: float = 0.95,
-                 created_at: str | None = None, code_version: str | None = None) -> EvalReport:
+                 created_at: str | None = None, code_version: str | None = None,
+                 stopped_early: str | None = None) -> EvalReport:
     """Compute per-suite bootstrap CIs and paired retention for suites present in both sets.
 
     `results` / `reference_results` are mappings suite → SuiteResult or plain iterables of
@@ -206,7 +212,8 @@ def build_report(model_ref: str, results: Results, reference_ref: str | None = N
                    for s in cand if s in ref},
         level=level, n_boot=n_boot, config=dict(config or {}), seeds={"bootstrap": seed},
         created_at=created_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        code_version=code_version if code_version is not None else _code_version())
+        code_version=code_version if code_version is not None else _code_version(),
+        stopped_early=stopped_early)
 
 
 # ---------------------------------------------------------------------------- plots
