@@ -189,3 +189,28 @@ def test_killed_and_resumed_run_ends_with_the_same_weights_for_every_source(tmp_
     train(resumed, tok, _demos(), cfg, output_dir=tmp_path, rollout_check=check, progress=False)
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("rollout_filter", ["none", "scorer"])
+def test_steps_per_generation_decodes_ahead_and_trains_as_per_step_decoding(monkeypatch, rollout_filter):
+    """`steps_per_generation: 3`: one decode serves 3 steps. Teacher rollouts from a frozen
+    teacher do not depend on when they are decoded, so the run ends where per-step decoding
+    ends (rows sampled with their own seeds), with the filter's replacements counted per step."""
+    calls = []
+    real = rollout_module.decode
+    monkeypatch.setattr(rollout_module, "decode", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    check = (lambda text, demo: demo.id[-1] in "02468") if rollout_filter == "scorer" else None
+    runs = {}
+    for k in (1, 3):
+        model, tok = build_tiny()
+        calls.clear()
+        cfg = SDFTConfig(rollout="teacher", teacher="frozen", rollout_filter=rollout_filter, max_steps=6,
+                         steps_per_generation=k, **FAST)
+        result = train(model, tok, _demos(), cfg, progress=False, rollout_check=check)
+        runs[k] = (model, result, list(calls))
+    assert runs[1][2] == [4] * 6 and runs[3][2] == [12, 12]
+    for (name, a), b in zip(runs[1][0].state_dict().items(), runs[3][0].state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    per_step = lambda r: [h["train/filter_replaced"] for h in r.history]  # noqa: E731
+    assert per_step(runs[1][1]) == per_step(runs[3][1])
+    assert (sum(per_step(runs[3][1])) > 0) == (rollout_filter == "scorer")

@@ -82,6 +82,11 @@ class SDFTConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1.0)
     samples_per_prompt: Literal[1] = 1
+    steps_per_generation: int = Field(
+        1, ge=1, description="decode the rollouts of this many steps in one batch, then train on "
+        "them step by step (TRL's name): a rollout is up to steps_per_generation - 1 steps stale. "
+        "On a CPU the decode is bound by reading the weights, so 4 steps' rows cost ~1.3x one "
+        "step's (experiments/2026-12-07-step-cost). A resume decodes afresh from its step")
     decode_backend: Literal["auto", "eager", "static", "cuda_graph"] = Field(
         "auto", description="how rollouts decode (sampling._ModelCalls): eager, static (a "
         "preallocated KV cache) or cuda_graph; auto: cuda_graph on CUDA (eager under fsdp), eager "

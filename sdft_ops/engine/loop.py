@@ -5,6 +5,9 @@ Algorithm (one optimizer step, `sdft_step`):
   1. one completion per prompt (no grad): by default the student samples it without the
      demonstration (T=1, the paper); `rollout: teacher` samples it from the teacher with the
      demonstration in context (the seed's pseudo-code), `mixed` picks per prompt (rollout.py);
+     `steps_per_generation` k > 1 decodes the rollouts of k steps in one batch ahead (TRL's
+     name): on a CPU a decode is bound by reading the weights, so k steps' rows cost little
+     more than one step's, and a rollout is up to k − 1 steps stale;
   2. the teacher — the same network with the demonstration in its context — scores
      [teacher prompt + completion] (no grad; a teacher rollout's scores are its decode's logits);
   3. the student scores [prompt + completion] with grad;
@@ -53,7 +56,7 @@ from sdft_ops.engine.context import PreparedExample, prepare_examples
 from sdft_ops.engine.distributed import full, join_process_group, no_gradient_sync, shard
 from sdft_ops.engine.losses import completion_mask, odds_ratio_loss, sequence_mean, token_divergence
 from sdft_ops.engine.precision import bf16_autocast
-from sdft_ops.engine.rollout import RolloutCheck, sample_completions, teacher_rows
+from sdft_ops.engine.rollout import Completions, RolloutCheck, sample_completions, teacher_rows
 from sdft_ops.engine.sampling import left_pad, position_ids, row_seed, stop_ids
 from sdft_ops.engine.teacher import Teacher, is_peft
 
@@ -92,13 +95,16 @@ def completion_logits(model, prompt_ids, prompt_mask, completion) -> torch.Tenso
 
 def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
               from_teacher: Sequence[bool], cfg: SDFTConfig, eos_ids: Sequence[int], pad_id: int,
-              check: RolloutCheck | None = None, grad_model=None) -> tuple[torch.Tensor, dict[str, float]]:
+              check: RolloutCheck | None = None, grad_model=None,
+              rollout: Completions | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over `batch` of per-sequence mean loss (caller divides by the global batch).
-    `grad_model`: what the student's forward with grad runs through (the DDP wrapper)."""
+    `grad_model`: what the student's forward with grad runs through (the DDP wrapper);
+    `rollout`: the batch's completions, decoded ahead (`steps_per_generation`)."""
     teacher_model = teacher.module(model)
-    with _autocast(model, cfg.autocast_bf16):                                  # 1. rollout
-        rollout = sample_completions(model, teacher_model, batch, seeds, from_teacher, cfg,
-                                     eos_ids, pad_id, check)                    # per row: student or teacher
+    if rollout is None:
+        with _autocast(model, cfg.autocast_bf16):                              # 1. rollout
+            rollout = sample_completions(model, teacher_model, batch, seeds, from_teacher, cfg,
+                                         eos_ids, pad_id, check)                # per row: student or teacher
     completion = rollout.ids                                                   # (B, T)
     mask = completion_mask(completion, eos_ids, cfg.skip_first_tokens)
     with torch.no_grad(), _autocast(model, cfg.autocast_bf16):                 # 2. teacher
@@ -247,9 +253,13 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                                 max_new_tokens=cfg.max_new_tokens), time.perf_counter()
     bar = tqdm(range(start, total), initial=start, total=total, disable=not progress or rank != 0,
                desc=f"{cfg.method} update", unit="step")
+    ahead: dict[int, Completions] = {}  # global position → its completion, decoded ahead
     for step in bar:
         t0 = time.perf_counter()
         mine = batch_positions(step, len(examples), cfg)[rank::world]
+        if teacher is not None and cfg.steps_per_generation > 1 and mine[0][0] not in ahead:
+            ahead = _decode_ahead(model, teacher, examples, step, min(step + cfg.steps_per_generation, total),
+                                  total, rank, world, cfg, eos_ids, pad_id, check)
         micro = len(mine) // cfg.grad_accum_steps
         optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(5)  # loss sum, completion tokens, ending in EOS, teacher rollouts, replaced
@@ -261,8 +271,9 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                 if teacher is not None:
                     seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
                     sources = teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in chunk])
+                    rollout = _rows(ahead, [q for q, _ in chunk]) if ahead else None
                     loss_sum, stats = sdft_step(model, teacher, batch, seeds, sources, cfg, eos_ids,
-                                                pad_id, check, grad_model=ddp)
+                                                pad_id, check, grad_model=ddp, rollout=rollout)
                 else:
                     loss_sum, stats = sft_step(model, batch, cfg, pad_id, grad_model=ddp)
                 (loss_sum * world / cfg.prompts_per_step).backward()
@@ -300,3 +311,30 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                 torch.distributed.barrier()
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _decode_ahead(model, teacher: Teacher, examples, first: int, end: int, total: int, rank: int,
+                  world: int, cfg: SDFTConfig, eos_ids, pad_id: int, check) -> dict[int, Completions]:
+    """The completions of steps [first, end) for this rank, decoded in one batch (a decode here
+    is bound by reading the weights, not by its rows); {global position: its row}."""
+    positions, sources = [], []
+    for step in range(first, end):
+        mine = batch_positions(step, len(examples), cfg)[rank::world]
+        positions += mine
+        sources += teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in mine])
+    batch = [examples[i] for _, i in positions]
+    seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in positions]
+    with _autocast(model, cfg.autocast_bf16):
+        rollout = sample_completions(model, teacher.module(model), batch, seeds, sources, cfg,
+                                     eos_ids, pad_id, check)
+    return {q: rollout.rows([r]) for r, (q, _) in enumerate(positions)}
+
+
+def _rows(ahead: dict[int, Completions], positions: Sequence[int]) -> Completions:
+    """One micro-batch's completions from single-row entries (same width: one decode)."""
+    parts = [ahead.pop(q) for q in positions]
+    logits = None if parts[0].teacher_logits is None else torch.cat([p.teacher_logits for p in parts])
+    ids = torch.cat([p.ids for p in parts])
+    replaced = tuple(r for p in parts for r in p.replaced_rows)
+    return Completions(ids, torch.cat([p.from_teacher for p in parts]), torch.cat([p.finished for p in parts]),
+                       sum(replaced), logits, replaced)

@@ -61,6 +61,16 @@ class Completions:
     finished: torch.Tensor  # (B,) ended with EOS
     replaced: int  # teacher rollouts replaced by their demonstration (rollout_filter)
     teacher_logits: torch.Tensor | None = None  # (B, T, V) from the teacher's decode (see above)
+    replaced_rows: tuple[bool, ...] = ()  # which rows the filter replaced
+
+    def rows(self, index: Sequence[int]) -> "Completions":
+        """These rows, in this order (a prefetched batch split into its steps). The width stays
+        the batch's: the extra columns are padding after EOS, which the loss masks."""
+        index = list(index)
+        replaced = tuple(self.replaced_rows[i] for i in index) if self.replaced_rows else ()
+        logits = None if self.teacher_logits is None else self.teacher_logits[index]
+        return Completions(self.ids[index], self.from_teacher[index], self.finished[index],
+                           sum(replaced), logits, replaced)
 
 
 def _stack(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
@@ -97,13 +107,13 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
             logits = out.logits
         for j, i in enumerate(idx):
             rows[i], finished[i] = out.completion_ids[j], bool(out.finished[j])
-    replaced = 0
+    replaced = [False] * len(batch)
     if cfg.rollout_filter == "scorer":
         assert check is not None  # train() refuses rollout_filter without a check
         for i, example in enumerate(batch):
             if from_teacher[i] and not check(until_stop(rows[i].tolist(), eos_ids), example):
                 rows[i] = torch.tensor(example.target, device=rows[i].device)
-                finished[i], replaced = True, replaced + 1
+                finished[i], replaced[i] = True, True
     device = rows[0].device
     return Completions(_stack(rows, pad_id), torch.tensor(list(from_teacher), device=device),
-                       torch.tensor(finished, device=device), replaced, logits)
+                       torch.tensor(finished, device=device), sum(replaced), logits, tuple(replaced))
