@@ -46,13 +46,14 @@ RUNS = (("sdft", "sdft", {}, None), ("sft", "sft", {}, None), ("trl", "trl", {},
          "teacher_decode_logits"))
 
 
-def _load(model_name: str):
-    from sdft_ops.models import ModelSpec, load_model
+def _load(model_name: str, lora: dict | None = None):
+    from sdft_ops.models import LoraSpec, ModelSpec, add_lora, load_model
     from sdft_ops.tiny import build_tiny
 
     if model_name == "tiny":
-        return build_tiny(seed=0)
-    return load_model(ModelSpec(name_or_path=model_name))
+        model, tokenizer = build_tiny(seed=0)
+        return (add_lora(model, LoraSpec(**lora)) if lora is not None else model), tokenizer
+    return load_model(ModelSpec(name_or_path=model_name, lora=lora))
 
 
 def undo(lever: str) -> None:
@@ -92,7 +93,8 @@ def measure(method: str, model_name: str, steps: int, settings: dict, lever: str
     if lever:
         undo(lever)
     torch.manual_seed(0)
-    model, tokenizer = _load(model_name)
+    train_settings = dict(settings)  # {"lora": {"r": 16}} loads the model with a LoRA adapter
+    model, tokenizer = _load(model_name, train_settings.pop("lora", None))
     demos = list(load_shipped("tooluse")[0].records)[: 8 * (steps + 1)]
     if method == "trl":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -106,7 +108,7 @@ def measure(method: str, model_name: str, steps: int, settings: dict, lever: str
         seconds = out["step_seconds"][1:]
     else:
         cfg = SDFTConfig(method=method, max_steps=steps + 1, prompts_per_step=8, max_new_tokens=64,
-                         learning_rate=1e-5, **settings)
+                         learning_rate=1e-5, **train_settings)
         result = train(model, tokenizer, demos, cfg, progress=False)
         seconds = [h["train/step_seconds"] for h in result.history[1:]]
     return {"method": method, "model": model_name, "settings": settings, "lever_undone": lever,

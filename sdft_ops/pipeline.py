@@ -53,6 +53,7 @@ class Trained:
     seconds: float
     final: dict[str, float]
     ceiling: dict | None = None
+    peak_rss_gb: float | None = None
 
 
 @dataclass
@@ -98,13 +99,15 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
     checkpoints = fresh_checkpoints(folder / "checkpoints", parent)
     result = train(model, tokenizer, [*domain.train.records, *replay], cfg.train,
                    output_dir=checkpoints, callbacks=callbacks,
-                   rollout_check=lambda text, demo: rollout_check(demo, text, cfg))
+                   rollout_check=lambda text, demo: rollout_check(demo, text, cfg),
+                   demonstration_ids={d.id for d in replay} if cfg.replay.learn_as == "demonstration" else ())
     meta = {"update_id": update_id, "parent": parent.ref, "dataset_hash": domain.train.content_hash,
             "method": cfg.train.method, "final": result.final, "ceiling": ceiling,
             "demo_tokens_cut": result.demo_tokens_cut, "seconds": result.seconds,
+            "peak_rss_gb": result.peak_rss_gb,
             "replay_ids": [d.id for d in replay]}
     model_dir = save_trained_model(model, tokenizer, folder / "model", meta)
-    return Trained(model_dir, cfg.train.method, result.seconds, result.final, ceiling)
+    return Trained(model_dir, cfg.train.method, result.seconds, result.final, ceiling, result.peak_rss_gb)
 
 
 def _staged_domain(home: Path, update_id: str, cfg: UpdateConfig) -> DomainData:
@@ -154,7 +157,8 @@ def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Train
     logger.close()
     save_state(home, update_id, run_id=logger.run_id, parent=parent,
                model_dir=str(trained.model_dir), train_final=trained.final,
-               train_seconds=trained.seconds, ceiling=trained.ceiling, method=trained.method,
+               train_seconds=trained.seconds, train_peak_rss_gb=trained.peak_rss_gb,
+               ceiling=trained.ceiling, method=trained.method,
                replay_ids=[d.id for d in replay])
     return trained
 

@@ -10,7 +10,9 @@ state and logged to its MLflow run. `kind_shares` stratifies the draw by the dem
 `metadata.kind` (the safety domain's `refusal` / `benign`): `{refusal: 0.5}` makes half of the
 replayed demonstrations refusals, the rest drawn from the other kinds (a kind with fewer
 demonstrations than its quota gives all it has). Under SDFT a replayed prompt is distilled like a new one,
-with its own demonstration in the teacher's context; under SFT it is one more label.
+with its own demonstration in the teacher's context (`learn_as: rollout`), or learned as its
+demonstration without a rollout (`learn_as: demonstration`: no decode for half of a 1.0 replay);
+under SFT it is one more label.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,6 +36,10 @@ class ReplayConfig(BaseModel):
     seed: int = 0
     kind_shares: dict[str, float] = Field(
         default_factory=dict, description="metadata.kind → share of the replayed demonstrations")
+    learn_as: Literal["rollout", "demonstration"] = Field(
+        "rollout", description="under SDFT, rollout: a replayed prompt is distilled like a new "
+        "one; demonstration: it is learned as its recorded demonstration (an answer the lineage "
+        "was trained on), never rolled out, so the replayed rows cost no decode")
 
     @field_validator("kind_shares")
     @classmethod

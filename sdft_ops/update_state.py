@@ -49,6 +49,7 @@ class UpdateState(BaseModel):
     method: str | None = None
     train_final: dict[str, float] = {}
     train_seconds: float | None = None
+    train_peak_rss_gb: float | None = None  # the training process's peak resident memory
     ceiling: dict | None = None
     replay_ids: list[str] = []
     # eval

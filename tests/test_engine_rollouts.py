@@ -166,6 +166,64 @@ def test_nll_on_teacher_rollouts_and_the_sft_anchor_add_up_as_documented():
     torch.testing.assert_close(with_nll, expected, atol=1e-4, rtol=1e-4)
 
 
+
+def test_nll_on_teacher_rollouts_alone_runs_no_teacher_scoring_pass():
+    """Every row a teacher rollout learned by NLL: the teacher only decodes (no logits kept, no
+    second forward), and the loss is the mean NLL of each row as the student's own forward says."""
+    cfg = SDFTConfig(rollout="teacher", teacher_rollout_loss="nll", rollout_filter="scorer", **FAST)
+    model, tok, examples, teacher, seeds = _setup(cfg)
+    eos, pad = (tok.eos_token_id,), tok.pad_token_id
+    forwards = []
+    hook = teacher.model.register_forward_hook(lambda m, a, k, out: forwards.append(k["input_ids"].shape),
+                                               with_kwargs=True)
+    loss, _ = sdft_step(model, teacher, examples, seeds, [True] * 4, cfg, eos, pad, check=lambda ids, e: True)
+    hook.remove()
+    assert forwards and all(shape[1] == 1 for shape in forwards[1:])  # prefill, then one token a call
+    rows = sample_completions(model, teacher.model, examples, seeds, [True] * 4, cfg, eos, pad,
+                              check=lambda ids, e: True)
+    assert rows.teacher_logits is None
+    expected = 0.0
+    for i, e in enumerate(examples):
+        tokens = rows.ids[i].tolist()
+        tokens = tokens[: tokens.index(eos[0]) + 1] if eos[0] in tokens else tokens
+        logp = model(torch.tensor([list(e.student_prompt) + tokens])).logits.log_softmax(-1)[0]
+        start = len(e.student_prompt)
+        scored = [(t, tok_id) for t, tok_id in enumerate(tokens) if t >= cfg.skip_first_tokens]
+        expected += -sum(logp[start - 1 + t, tok_id] for t, tok_id in scored) / len(scored)
+    torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["nll", "divergence"])
+def test_an_example_learned_as_its_demonstration_is_never_rolled_out(monkeypatch, loss):
+    """Replay's `learn_as: demonstration`: those rows skip the decode, their completion is the
+    demonstration, and they are learned as the filter's replaced rows are (under nll: their NLL,
+    exactly the SFT loss on them)."""
+    cfg = SDFTConfig(rollout="teacher", teacher_rollout_loss=loss, skip_first_tokens=0, **FAST)
+    model, tok = build_tiny()
+    examples = prepare_examples(_demos(4), tok, cfg, demonstration_ids={"d1", "d3"})
+    teacher = Teacher(model, "frozen", 0.02)
+    seeds = [row_seed(cfg.seed, e.id, q) for q, e in enumerate(examples)]
+    eos, pad = (tok.eos_token_id,), tok.pad_token_id
+    decoded = []
+    real = rollout_module.decode
+    monkeypatch.setattr(rollout_module, "decode",
+                        lambda m, prompts, **k: decoded.append(len(prompts)) or real(m, prompts, **k))
+    out = sample_completions(model, teacher.model, examples, seeds, [True] * 4, cfg, eos, pad)
+    assert decoded == [2] and out.replaced == 0
+    for i in (1, 3):
+        assert out.ids[i, : len(examples[i].target)].tolist() == list(examples[i].target)
+    demos_only = [examples[1], examples[3]]
+    loss_sum, _ = sdft_step(model, teacher, demos_only, seeds[:2], [True] * 2, cfg, eos, pad)
+    if loss == "nll":
+        torch.testing.assert_close(loss_sum, sft_step(model, demos_only, cfg, pad)[0], atol=1e-5, rtol=1e-5)
+    else:  # the teacher's scores of the demonstration: a frozen copy of the student scores ~0 KL
+        assert 0 <= loss_sum.item() < 1e-4
+    # the sample length cap follows the rolled-out examples, not the longer demonstration rows
+    long = Demonstration(id="long", prompt="Say it all.", demonstration="word " * 40, domain="math")
+    capped = cfg.model_copy(update={"demo_length_cap": 1.0, "max_steps": 1, "max_new_tokens": 64})
+    result = train(model, tok, [*_demos(4), long], capped, progress=False, demonstration_ids={"long"})
+    assert result.max_new_tokens == max(len(e.target) for e in examples)
+
 @pytest.mark.parametrize("rollout", [
     {"rollout": "teacher", "teacher_temperature": 0.5},
     {"rollout": "mixed", "student_fraction": 0.5, "student_fraction_ramp": True, "sft_weight": 1.0},

@@ -55,7 +55,8 @@ class SDFTConfig(BaseModel):
     # optimisation
     learning_rate: float = Field(5e-5, gt=0)
     prompts_per_step: int = Field(8, ge=1)
-    grad_accum_steps: int = Field(1, ge=1)
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per step, filled with rows of like "
+                                  "length (prompt + demonstration): a micro-batch pads little")
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     warmup_steps: int = Field(0, ge=0)

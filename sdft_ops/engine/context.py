@@ -8,7 +8,7 @@ whose question alone exceeds the limit is an error naming it, never silently dro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ class PreparedExample:
     target: tuple[int, ...]  # demonstration + EOS: the SFT labels
     demo_tokens_cut: int  # demonstration tokens dropped from the teacher prompt
     rejected: tuple[int, ...] | None = None  # the rejected answer + EOS (preference pairs)
+    as_demonstration: bool = False  # learned as its demonstration, never rolled out (replay)
 
 
 class PromptTooLongError(ValueError):
@@ -84,9 +85,11 @@ def _teacher_prompt_fitting(
 
 
 def prepare_examples(
-    demos: Sequence[Demonstration], tokenizer: "PreTrainedTokenizerBase", cfg: SDFTConfig
+    demos: Sequence[Demonstration], tokenizer: "PreTrainedTokenizerBase", cfg: SDFTConfig,
+    demonstration_ids: Collection[str] = (),
 ) -> list[PreparedExample]:
-    """Tokenize every example once; raise PromptTooLongError listing all that cannot fit."""
+    """Tokenize every example once; raise PromptTooLongError listing all that cannot fit.
+    `demonstration_ids`: the examples whose completion is their demonstration (no rollout)."""
     prepared, problems = [], []
     for demo in demos:
         student = encode_chat(tokenizer, demo.prompt_messages())
@@ -107,6 +110,7 @@ def prepare_examples(
             target=(*target, tokenizer.eos_token_id),
             demo_tokens_cut=teacher[1],
             rejected=rejected,
+            as_demonstration=demo.id in demonstration_ids,
         ))
     if problems:
         raise PromptTooLongError(problems)

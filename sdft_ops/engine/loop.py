@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +55,7 @@ from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample, prepare_examples
 from sdft_ops.engine.distributed import full, join_process_group, no_gradient_sync, shard
 from sdft_ops.engine.losses import completion_mask, odds_ratio_loss, sequence_mean, token_divergence
+from sdft_ops.engine.memory import peak_rss_gb, reset_peak_rss
 from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.rollout import Completions, RolloutCheck, sample_completions, teacher_rows
 from sdft_ops.engine.sampling import left_pad, position_ids, row_seed, stop_ids
@@ -74,6 +75,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     demo_tokens_cut: int = 0  # demonstration tokens dropped to fit teacher prompts
     max_new_tokens: int = 0  # sample length used (after `demo_length_cap`)
+    peak_rss_gb: float | None = None  # the process's peak resident memory while training
 
     @property
     def final(self) -> dict[str, float]:
@@ -107,19 +109,25 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
                                          eos_ids, pad_id, check)                # per row: student or teacher
     completion = rollout.ids                                                   # (B, T)
     mask = completion_mask(completion, eos_ids, cfg.skip_first_tokens)
-    with torch.no_grad(), _autocast(model, cfg.autocast_bf16):                 # 2. teacher
-        teacher_logits = rollout.teacher_logits  # teacher rollouts: kept from their own decode
-        if teacher_logits is None:
+    # teacher rows under `teacher_rollout_loss: nll` learn the sampled tokens: no teacher scores
+    nll_only = cfg.teacher_rollout_loss == "nll" and bool(rollout.from_teacher.all())
+    teacher_logits = rollout.teacher_logits  # teacher rollouts: kept from their own decode
+    if teacher_logits is None and not nll_only:
+        with torch.no_grad(), _autocast(model, cfg.autocast_bf16):             # 2. teacher
             t_ids, t_mask = left_pad([e.teacher_prompt for e in batch], pad_id, completion.device)
             teacher_logits = completion_logits(teacher_model, t_ids, t_mask, completion)
     with _autocast(model, cfg.autocast_bf16):                                  # 3. student
         s_ids, s_mask = left_pad([e.student_prompt for e in batch], pad_id, completion.device)
         student_logits = completion_logits(model if grad_model is None else grad_model, s_ids, s_mask, completion)
-    per_token = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
-                                 jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
     if cfg.teacher_rollout_loss == "nll":  # teacher rows: NLL of the teacher's sampled tokens
-        nll = F.cross_entropy(student_logits.float().transpose(1, 2), completion, reduction="none")
-        per_token = torch.where(rollout.from_teacher.unsqueeze(-1), nll, per_token)
+        per_token = F.cross_entropy(student_logits.float().transpose(1, 2), completion, reduction="none")
+        if not nll_only:
+            divergence = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
+                                          jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
+            per_token = torch.where(rollout.from_teacher.unsqueeze(-1), per_token, divergence)
+    else:
+        per_token = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
+                                     jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
     del student_logits, teacher_logits
     loss_sum = sequence_mean(per_token, mask).sum()                            # 4. loss
     if cfg.sft_weight or cfg.preference_weight:  # the SFT anchor (+ w × the demonstration's NLL)
@@ -188,15 +196,16 @@ def batch_positions(step: int, n_examples: int, cfg: SDFTConfig) -> list[tuple[i
 def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
           output_dir: str | Path | None = None, callbacks: Sequence[StepCallback] = (),
           rollout_check: Callable[[str, Demonstration], bool] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, demonstration_ids: Collection[str] = ()) -> TrainResult:
     """Train `model` in place on `demos` (SDFT or SFT per `cfg.method`); resumes from the latest
     checkpoint in `output_dir` if there is one. `rollout_check(answer text, demonstration)`:
-    whether a teacher rollout is right (needed by `rollout_filter: scorer`)."""
+    whether a teacher rollout is right (needed by `rollout_filter: scorer`). `demonstration_ids`:
+    examples learned as their demonstration, never rolled out (replay's `learn_as`)."""
     rank, world = join_process_group()
     if cfg.prompts_per_step % (world * cfg.grad_accum_steps):
         raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must divide into "
                          f"{world} processes × {cfg.grad_accum_steps} accumulation steps")
-    examples = prepare_examples(demos, tokenizer, cfg)
+    examples = prepare_examples(demos, tokenizer, cfg, demonstration_ids)
     check = None
     if cfg.rollout_filter == "scorer":
         if rollout_check is None:
@@ -207,7 +216,8 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
             tokenizer.decode(ids, skip_special_tokens=True).strip(), by_id[e.id])
     total = cfg.max_steps or cfg.epochs * math.ceil(len(examples) / cfg.prompts_per_step)
     if cfg.demo_length_cap:  # one sample length for the whole run, fixed by the data
-        longest = max(len(e.target) for e in examples)
+        longest = max((len(e.target) for e in examples if not e.as_demonstration),  # rolled out
+                      default=max(len(e.target) for e in examples))
         cfg = cfg.model_copy(update={"max_new_tokens": min(
             cfg.max_new_tokens, math.ceil(cfg.demo_length_cap * longest))})
     eos_ids, pad_id = stop_ids(model, tokenizer), tokenizer.pad_token_id
@@ -248,6 +258,7 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 and not fsdp else None
     model.train()
+    reset_peak_rss()  # the model, teacher and optimizer are resident by now: the window counts them
     result, began = TrainResult(steps=total, seconds=0.0,
                                 demo_tokens_cut=sum(e.demo_tokens_cut for e in examples),
                                 max_new_tokens=cfg.max_new_tokens), time.perf_counter()
@@ -261,6 +272,8 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
             ahead = _decode_ahead(model, teacher, examples, step, min(step + cfg.steps_per_generation, total),
                                   total, rank, world, cfg, eos_ids, pad_id, check)
         micro = len(mine) // cfg.grad_accum_steps
+        if cfg.grad_accum_steps > 1:  # rows of like length share a micro-batch: less padding computed
+            mine = sorted(mine, key=lambda qi: (len(examples[qi[1]].student_prompt) + len(examples[qi[1]].target), qi))
         optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(5)  # loss sum, completion tokens, ending in EOS, teacher rollouts, replaced
         chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
@@ -298,6 +311,8 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                    "train/eos_rate": totals[2].item() / cfg.prompts_per_step,
                    "train/teacher_rollout_rate": totals[3].item() / cfg.prompts_per_step,
                    "train/filter_replaced": totals[4].item()}
+        if (rss := peak_rss_gb()) is not None:
+            metrics["train/peak_rss_gb"] = rss
         result.history.append({"step": step + 1, **metrics})
         bar.set_postfix(loss=f"{loss:.4f}", gnorm=f"{grad_norm:.2f}", s=f"{seconds:.1f}")
         if rank == 0:
@@ -309,7 +324,7 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                                 scheduler=scheduler, fingerprint=cfg.fingerprint(), write=rank == 0)
             if world > 1:  # no rank reads a half-written checkpoint folder
                 torch.distributed.barrier()
-    result.seconds = time.perf_counter() - began
+    result.seconds, result.peak_rss_gb = time.perf_counter() - began, peak_rss_gb()
     return result
 
 

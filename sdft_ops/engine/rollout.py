@@ -17,6 +17,10 @@ teacher forward, so all ranks under FSDP issue the same collectives.
 `rollout_filter: scorer` (Yang et al. 2024, "self-distillation bridges distribution gap"): a
 teacher rollout that the domain's scorer rejects against its demonstration is replaced by the
 demonstration itself, so the student is never pulled towards a wrong answer of the teacher.
+
+An example prepared `as_demonstration` (replay's `learn_as: demonstration`) is not rolled out:
+its completion is its demonstration, learned as a teacher row (its NLL under `nll`, else the
+teacher's scores of it), so it costs no decode.
 """
 
 from __future__ import annotations
@@ -91,10 +95,12 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
     # the sources the config can use, the same on every rank: under FSDP each one's weights are
     # gathered by all ranks, even those with no row from it, one model at a time
     sources = [t for t in (False, True) if cfg.rollout == "mixed" or t == (cfg.rollout == "teacher")]
-    keep_logits = cfg.rollout == "teacher" and cfg.rollout_filter == "none"
+    keep_logits = (cfg.rollout == "teacher" and cfg.rollout_filter == "none"  # nll: scores unused
+                   and cfg.teacher_rollout_loss == "divergence" and not any(e.as_demonstration for e in batch))
+    from_teacher = [t or e.as_demonstration for t, e in zip(from_teacher, batch)]
     logits = None
     for use_teacher in sources:
-        idx = [i for i, t in enumerate(from_teacher) if t == use_teacher]
+        idx = [i for i, t in enumerate(from_teacher) if t == use_teacher and not batch[i].as_demonstration]
         model = teacher_model if use_teacher else student
         prompts = [batch[i].teacher_prompt if use_teacher else batch[i].student_prompt for i in idx]
         with gathered(model):
@@ -107,13 +113,17 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
             logits = out.logits
         for j, i in enumerate(idx):
             rows[i], finished[i] = out.completion_ids[j], bool(out.finished[j])
+    device = next(student.parameters()).device
+    for i, example in enumerate(batch):
+        if example.as_demonstration:
+            rows[i], finished[i] = torch.tensor(example.target, device=device), True
     replaced = [False] * len(batch)
     if cfg.rollout_filter == "scorer":
         assert check is not None  # train() refuses rollout_filter without a check
         for i, example in enumerate(batch):
-            if from_teacher[i] and not check(until_stop(rows[i].tolist(), eos_ids), example):
-                rows[i] = torch.tensor(example.target, device=rows[i].device)
+            if from_teacher[i] and not example.as_demonstration and not check(
+                    until_stop(rows[i].tolist(), eos_ids), example):
+                rows[i] = torch.tensor(example.target, device=device)
                 finished[i], replaced[i] = True, True
-    device = rows[0].device
     return Completions(_stack(rows, pad_id), torch.tensor(list(from_teacher), device=device),
                        torch.tensor(finished, device=device), sum(replaced), logits, tuple(replaced))

@@ -1,0 +1,37 @@
+"""The process's peak resident memory over a window (the `peak_rss_gb` of a training run).
+
+Linux keeps the peak in /proc/self/status (VmHWM) and resets it to the current RSS when "5" is
+written to /proc/self/clear_refs, so a window can start anywhere in a long process (a benchmark
+that trains several recipes, a Dagster worker). Elsewhere the peak is the process's lifetime
+peak (`resource.getrusage`), an upper bound.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+_STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def reset_peak_rss() -> None:
+    """Start a new window: the peak becomes the current RSS (Linux; a no-op where refused)."""
+    try:
+        _CLEAR.write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float | None:
+    """The peak RSS since the last reset (Linux) or since the process started, in GiB."""
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", _STATUS.read_text()).group(1)) / 1024**2
+    except (OSError, AttributeError):
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return peak / 1024**3 if sys.platform == "darwin" else peak / 1024**2
