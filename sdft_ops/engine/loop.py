@@ -349,7 +349,5 @@ def _rows(ahead: dict[int, Completions], positions: Sequence[int]) -> Completion
     """One micro-batch's completions from single-row entries (same width: one decode)."""
     parts = [ahead.pop(q) for q in positions]
     logits = None if parts[0].teacher_logits is None else torch.cat([p.teacher_logits for p in parts])
-    ids = torch.cat([p.ids for p in parts])
-    replaced = tuple(r for p in parts for r in p.replaced_rows)
-    return Completions(ids, torch.cat([p.from_teacher for p in parts]), torch.cat([p.finished for p in parts]),
-                       sum(replaced), logits, replaced)
+    return Completions(torch.cat([p.ids for p in parts]), torch.cat([p.from_teacher for p in parts]),
+                       torch.cat([p.finished for p in parts]), torch.cat([p.replaced_rows for p in parts]), logits)

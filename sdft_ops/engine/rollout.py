@@ -63,18 +63,21 @@ class Completions:
     ids: torch.Tensor  # (B, T), pad after EOS
     from_teacher: torch.Tensor  # (B,) bool
     finished: torch.Tensor  # (B,) ended with EOS
-    replaced: int  # teacher rollouts replaced by their demonstration (rollout_filter)
+    replaced_rows: torch.Tensor  # (B,) bool: the filter replaced the rollout by its demonstration
     teacher_logits: torch.Tensor | None = None  # (B, T, V) from the teacher's decode (see above)
-    replaced_rows: tuple[bool, ...] = ()  # which rows the filter replaced
+
+    @property
+    def replaced(self) -> int:
+        """Teacher rollouts replaced by their demonstration (rollout_filter)."""
+        return int(self.replaced_rows.sum())
 
     def rows(self, index: Sequence[int]) -> "Completions":
         """These rows, in this order (a prefetched batch split into its steps). The width stays
         the batch's: the extra columns are padding after EOS, which the loss masks."""
         index = list(index)
-        replaced = tuple(self.replaced_rows[i] for i in index) if self.replaced_rows else ()
         logits = None if self.teacher_logits is None else self.teacher_logits[index]
         return Completions(self.ids[index], self.from_teacher[index], self.finished[index],
-                           sum(replaced), logits, replaced)
+                           self.replaced_rows[index], logits)
 
 
 def _stack(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
@@ -126,4 +129,4 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
                 rows[i] = torch.tensor(example.target, device=device)
                 finished[i], replaced[i] = True, True
     return Completions(_stack(rows, pad_id), torch.tensor(list(from_teacher), device=device),
-                       torch.tensor(finished, device=device), sum(replaced), logits, tuple(replaced))
+                       torch.tensor(finished, device=device), torch.tensor(replaced, device=device), logits)
