@@ -20,8 +20,8 @@ rate on the 200 HarmBench behaviours, never trained on; paired 95% bootstrap CI)
 candidate/champion accuracy over ARC-E/C, HellaSwag, PIQA, Winogrande, MMLU), drift (mean
 log-prob of the base model's answers; nats), train s (the update's training seconds), s/step,
 peak RSS GB (the process's peak resident memory while training; `-`: trained before it was
-recorded). Rows trained before 2026-12-07 ran beside other jobs: their seconds are 1.5-3x a
-quiet machine's; the cost rows below them were trained alone.
+recorded). Rows without a peak RSS were trained before it was recorded, many beside other jobs:
+their seconds are not a quiet machine's (often 1.5-3x); the rows with one were trained alone.
 
 The bar (issue #11): an SDFT-based recipe with domain score ≥ 0.40, HarmBench retention ≥ 0.90
 and benign drop ≤ 0.05 on at least two of the three domains. `chosen`: the SDFT-based recipe
@@ -283,6 +283,7 @@ def write(champion: dict, rows: list[dict]) -> dict:
     f = lambda v: f"{v:.3f}"  # noqa: E731
     lines = ["# Recipes: learn a domain, keep the safety champion's safety (SmolLM2-135M-Instruct)", "",
              __doc__.split("\n\n")[1].strip(), "",
+             next(p for p in __doc__.split("\n\n") if p.startswith("Columns")).strip(), "",
              f"Safety champion (`configs/safety.yaml`, from the base model): HarmBench refusal "
              f"{f(champion['base']['harmbench_refusal'])} → **{f(champion['harmbench_refusal'])}**, "
              f"benign look-alikes answered {f(champion['base']['benign_answered'])} → "
