@@ -90,6 +90,32 @@ def test_a_row_that_stops_leaves_the_batch_and_the_tokens_stay_the_same(tiny, se
     assert torch.equal(compact.completion_ids, full.completion_ids)
 
 
+def test_a_settled_row_stops_there_and_keeps_its_prefix(tiny):
+    """greedy_generate(settled=): a row whose answer is decided leaves the batch at that step;
+    its text is the prefix it had, the other rows' texts are unchanged, and fewer steps run."""
+    model, tok = tiny
+    encoded = [encode_chat(tok, m) for m in _messages()]
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        full = greedy_generate(model, tok, encoded, max_new_tokens=12)
+        full_calls, calls[:] = len(calls), []
+        seen: dict[int, list[str]] = {}
+
+        def settled(i, text):  # rows 0 and 3 are decided once they have said 3 characters
+            seen.setdefault(i, []).append(text)
+            return i in (0, 3) and len(text) >= 3
+
+        cut = greedy_generate(model, tok, encoded, max_new_tokens=12, settled=settled)
+    finally:
+        hook.remove()
+    assert len(full[0]) > 3 and len(full[3]) > 3  # else the test shows nothing
+    for i, (a, b) in enumerate(zip(full, cut)):
+        assert b == a if i not in (0, 3) else (a.startswith(b) and 3 <= len(b) < len(a))
+        assert all(a.startswith(text) for text in seen[i])  # every prefix shown was a real prefix
+    assert len(calls) <= full_calls
+
+
 def test_a_shared_prompt_prefix_runs_once_with_the_same_logits(tiny):
     """Prompts that share a chat template's system prompt: the prefix runs once, its KV cache is
     repeated per row; the next-token logits after the prompt and after a few steps match the plain

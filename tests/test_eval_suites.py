@@ -182,6 +182,39 @@ def test_scorers(scorer, prediction, reference, expected):
     assert scorer(prediction, reference) == expected
 
 
+def test_a_settled_score_is_the_score_of_every_continuation():
+    """settle_rule(scorer)(prefix, ref) promises that no continuation changes the score: checked
+    over a grid of prefixes and continuations built from the references' own pieces (matches,
+    near-misses, trailing whitespace), and each rule fires somewhere."""
+    import itertools
+
+    from sdft_ops.domains.safety import refusal_match
+    from sdft_ops.evaluation.scorers import settle_rule
+
+    pieces = ["Paris", "Par", "is", " ", "\n", "x", "I'm sorry", ",", " I can't", "help", "."]
+    texts = ["".join(p) for n in range(4) for p in itertools.product(pieces, repeat=n)]
+    fired = dict.fromkeys(["exact_match", "contains", "refusal_match"], 0)
+    for scorer in (exact_match, contains, refusal_match):
+        rule = settle_rule(scorer)
+        for prefix, ref in itertools.product(texts, ["Paris", " Paris ", "is", "refuse", "answer"]):
+            if rule(prefix, ref):
+                fired[scorer.__name__] += 1
+                for more in texts[:300]:
+                    assert scorer(prefix + more, ref) == scorer(prefix, ref), (scorer, prefix, more, ref)
+    assert all(fired.values()), fired
+    assert settle_rule(regex) is None and settle_rule(json_equal) is None  # no rule: never cut
+
+
+@pytest.mark.parametrize("prefix, said", [
+    ("I'm sorry", False),  # "I'm sorryful" would not match: the boundary is not known yet
+    ("I'm sorry,", True), ("Sure, I can't", False), ("Sure, I can't.", True), ("Sure", False),
+])
+def test_a_refusal_is_said_once_its_phrase_is_closed(prefix, said):
+    from sdft_ops.evaluation.suites_safety import refusal_said
+
+    assert refusal_said(prefix) is said
+
+
 def test_scorer_registry_and_bad_reference():
     assert get_scorer("json_equal") is json_equal
     with pytest.raises(ValueError, match="unknown scorer 'bleu'"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -206,6 +206,7 @@ def decode(
     keep_logits: bool = False,
     backend: DecodeBackend = "eager",
     compact: bool = False,
+    settled: Callable[[int, list[int]], bool] | None = None,
 ) -> Rollout:
     """Sample (seeds given) or greedy-decode (seeds None) one completion per prompt.
     `keep_logits`: also return the raw logits behind each token (a teacher's rollout then needs
@@ -216,11 +217,14 @@ def decode(
     KV-cache row, mask and position are dropped), so the remaining rows' calls get cheaper; and
     a prefix every prompt shares (a chat template's system prompt) is run once
     (`_ModelCalls._prefill_shared`). The tokens are those of the plain batch up to float
-    rounding."""
+    rounding.
+    `settled(row, tokens so far) -> bool`: a row whose answer is already decided (its scorer
+    cannot change its verdict) stops there like a row at its stop id; it is not `finished`
+    (that means: ended at a stop id)."""
     device = next(model.parameters()).device
     backend = resolve_backend(backend, device)
     kwargs = dict(max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, temperature=temperature,
-                  top_p=top_p, seeds=seeds, keep_logits=keep_logits,
+                  top_p=top_p, seeds=seeds, keep_logits=keep_logits, settled=settled,
                   compact=compact and backend == "eager" and not keep_logits)
     if backend == "cuda_graph" and model in _GRAPH_FAILED:
         backend = "eager"
@@ -236,7 +240,7 @@ def decode(
 
 
 def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, seeds,
-            keep_logits, backend, compact) -> Rollout:
+            keep_logits, backend, compact, settled) -> Rollout:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -249,6 +253,7 @@ def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
                         prompts=prompts if compact else None, pad_id=pad_id)
     stop = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    done = finished.clone()  # finished, or settled
     rows = torch.arange(len(prompts), device=device)  # the batch rows still decoding (compact)
     completion = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long, device=device)
     logits_out, steps = [], 0
@@ -266,14 +271,18 @@ def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
                                    for g in generators])
             gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
             next_tokens = (logits + gumbel).argmax(-1)
-        next_tokens = next_tokens.masked_fill(finished[rows], pad_id)
+        next_tokens = next_tokens.masked_fill(done[rows], pad_id)
         completion[rows, steps] = next_tokens
         steps += 1
         finished[rows] |= torch.isin(next_tokens, stop)
-        if bool(finished.all()):
+        done |= finished
+        if settled is not None:
+            for row in rows[~done[rows]].tolist():
+                done[row] = settled(row, completion[row, :steps].tolist())
+        if bool(done.all()):
             break
-        if compact and bool(finished[rows].any()):
-            keep = (~finished[rows]).nonzero().squeeze(1)
+        if compact and bool(done[rows].any()):
+            keep = (~done[rows]).nonzero().squeeze(1)
             rows, next_tokens = rows[keep], next_tokens[keep]
             if generators is not None:
                 generators = [generators[i] for i in keep.tolist()]
@@ -285,10 +294,14 @@ def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
 
 
 def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    batch_size: int = 16, backend: DecodeBackend = "auto") -> list[str]:
+                    batch_size: int = 16, backend: DecodeBackend = "auto",
+                    settled: Callable[[int, str], bool] | None = None) -> list[str]:
     """Greedy continuations of tokenized prompts (longest first, in batches of `batch_size`),
     cut at the first stop id and decoded without special tokens, in prompt order. A row stops
-    costing model calls at its stop id (`decode(compact=True)` on the eager backend)."""
+    costing model calls at its stop id (`decode(compact=True)` on the eager backend).
+    `settled(i, text so far) -> bool`: prompt i's answer is decided (e.g. a refusal phrase is
+    already said): its row stops there and its text is that prefix. The text passed is cut
+    before a trailing partial UTF-8 character, so it is a prefix of any longer answer."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     eos_ids, pad = stop_ids(model, tokenizer), tokenizer.pad_token_id
@@ -297,9 +310,18 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_
     texts = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
+        cut: dict[int, int] = {}  # row -> tokens kept when it settled
+
+        def row_settled(row: int, tokens: list[int], batch=batch, cut=cut) -> bool:
+            text = tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
+            if settled(batch[row], text):
+                cut[row] = len(tokens)
+            return row in cut
+
         out = decode(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                     eos_ids=eos_ids, pad_id=pad, backend=backend, compact=True)
+                     eos_ids=eos_ids, pad_id=pad, backend=backend, compact=True,
+                     settled=row_settled if settled is not None else None)
         for row, i in enumerate(batch):
-            texts[i] = tokenizer.decode(until_stop(out.completion_ids[row].tolist(), eos_ids),
-                                        skip_special_tokens=True)
+            tokens = out.completion_ids[row].tolist()[: cut.get(row)]
+            texts[i] = tokenizer.decode(until_stop(tokens, eos_ids), skip_special_tokens=True)
     return texts

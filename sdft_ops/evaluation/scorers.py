@@ -8,6 +8,10 @@ The four named ones (usable by name in suite files, see `SCORERS`) return 0.0 or
   Unparsable prediction -> 0.0.
 - `contains`: the stripped reference occurs in the prediction (`ignore_case=True` to fold).
 - `regex`: the reference is a pattern `re.search`-ed in the prediction (use `(?i)` etc. inline).
+
+A scorer may carry an early stop (`settle_rule`): exact_match is settled at 0 once the answer
+so far cannot become the reference, contains at 1 once the reference is in it. Decoding stops
+such a row there; the score is the one the whole answer would get.
 """
 
 from __future__ import annotations
@@ -82,6 +86,25 @@ def json_equal(prediction: str, reference: str) -> float:
         raise ValueError(f"json_equal scorer: the reference is not JSON: {reference[:80]!r}")
     found = extract_json(prediction)
     return float(found is not NO_JSON and same_json(found, expected))
+
+
+def _exact_match_settled(prefix: str, reference: str) -> bool:
+    """No answer starting with `prefix` can equal `reference` (after stripping)."""
+    said, wanted = prefix.lstrip(), reference.strip()
+    return bool(said) and not wanted.startswith(said) and not (
+        said.startswith(wanted) and not said[len(wanted):].strip())
+
+
+exact_match.settled = _exact_match_settled
+contains.settled = lambda prefix, reference: reference.strip() in prefix
+
+
+def settle_rule(scorer: Scorer) -> Callable[[str, str], bool] | None:
+    """The scorer's early stop, if it has one: `(prefix, reference) -> True` once every answer
+    that starts with `prefix` gets the score `prefix` gets, so decoding can stop that row
+    (`greedy_generate(settled=)`). Scorers name it in a `settled` attribute; tests check that
+    no continuation changes a settled score."""
+    return getattr(scorer, "settled", None)
 
 
 SCORERS: dict[str, Scorer] = {

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, fi
 
 from sdft_ops.chat import Messages, encode_chat
 from sdft_ops.data import NonEmptyStr, Prompt
-from sdft_ops.evaluation.scorers import NO_JSON, Scorer, extract_json, get_scorer
+from sdft_ops.evaluation.scorers import NO_JSON, Scorer, extract_json, get_scorer, settle_rule
 from sdft_ops.evaluation.suites_drift import DriftItem, DriftSuite, load_drift_file
 from sdft_ops.engine.sampling import greedy_generate
 from sdft_ops.evaluation.suites_engine import encode_pair, pad_id, score_continuations
@@ -202,16 +202,24 @@ class GenerationSuite:
         chosen = item.scorer or self.scorer
         return chosen if isinstance(chosen, str) else getattr(chosen, "__name__", "score")
 
+    def _scorer(self, item: GenItem) -> Scorer:
+        chosen = item.scorer or self.scorer
+        return get_scorer(chosen) if isinstance(chosen, str) else chosen
+
     def run(self, model, tokenizer, batch_size: int = 16) -> SuiteResult:
         start = time.perf_counter()
         prompts = [encode_chat(tokenizer, [dict(m) for m in item.messages]) for item in self.items]
+        rules = [settle_rule(self._scorer(item)) for item in self.items]
+
+        def settled(i: int, prefix: str) -> bool:  # a row stops once its score cannot change
+            return rules[i] is not None and rules[i](prefix, self.items[i].reference)
+
         predictions = greedy_generate(model, tokenizer, prompts, self.max_new_tokens,
-                                      self.decode_batch_size or batch_size)
+                                      self.decode_batch_size or batch_size,
+                                      settled=settled if any(rules) else None)
         scores, by_scorer = [], {}
         for item, prediction in zip(self.items, predictions):
-            chosen = item.scorer or self.scorer
-            scorer = get_scorer(chosen) if isinstance(chosen, str) else chosen
-            score = float(scorer(prediction, item.reference))
+            score = float(self._scorer(item)(prediction, item.reference))
             if self.binary and score not in (0.0, 1.0):
                 raise ValueError(f"{self.name}: scorer {self._scorer_name(item)!r} returned "
                                  f"{score} for {item.item_id!r}; pass binary=False for graded scorers")

@@ -69,6 +69,13 @@ def is_refusal(text: str) -> bool:
     return _REFUSAL.search(text) is not None
 
 
+def refusal_said(prefix: str) -> bool:
+    """True once an answer that starts with `prefix` is a refusal whatever follows: a phrase
+    matched and at least one character follows it (so its closing word boundary is known).
+    Decoding stops such a row there (`greedy_generate(settled=)`): a refusal ends in ~4 tokens."""
+    return any(m.end() < len(prefix) for m in _REFUSAL.finditer(prefix))
+
+
 @dataclass(frozen=True, slots=True)
 class SafetyItem:
     item_id: str
@@ -126,7 +133,8 @@ class SafetySuite:
         """Whether each item was refused, by `method`, plus method-specific metrics."""
         if self.method == "phrases":
             answers = greedy_generate(model, tokenizer, self._prompts(tokenizer),
-                                      self.max_new_tokens, self.decode_batch_size or batch_size)
+                                      self.max_new_tokens, self.decode_batch_size or batch_size,
+                                      settled=lambda _, text: refusal_said(text))
             return [is_refusal(answer) for answer in answers], {}
         if self.method == "loglik":
             margins = self.loglik_margins(model, tokenizer, batch_size)
