@@ -137,3 +137,39 @@ def test_a_shared_prompt_prefix_runs_once_with_the_same_logits(tiny):
             step = plain.logits.argmax(-1)
             plain.step(step)
             shared.step(step)
+
+
+def test_few_row_calls_run_on_packed_weights_remade_when_the_weights_change():
+    """packed_linears: a 2-128-row call equals F.linear up to rounding; one row and long inputs use
+    the weight itself; an in-place weight update (an optimizer step) remakes the packed copy;
+    keep=False frees the copies on exit, keep=True leaves them for the next decode."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch import nn
+
+    from sdft_ops.engine import packed_linear
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40)
+    model = nn.Sequential(layer)
+    x = torch.randn(5, 1, 24)
+    with torch.no_grad(), packed_linear.packed_linears(model, keep=True):
+        torch.testing.assert_close(model(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        first = packed_linear._PACKED[layer]["weight"]
+        model(torch.randn(1, 24))
+        model(torch.randn(packed_linear.MAX_ROWS + 1, 24))
+        assert packed_linear._PACKED[layer]["weight"] is first  # those ran on the weight itself
+        layer.weight.mul_(2.0)  # what an optimizer step does
+        torch.testing.assert_close(model(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        assert packed_linear._PACKED[layer]["weight"] is not first
+    assert "forward" not in layer.__dict__ and layer in packed_linear._PACKED  # kept
+    copy.deepcopy(model)  # the EMA teacher is a deepcopy: kept copies stay outside the module
+    with torch.no_grad(), packed_linear.packed_linears(model):
+        model(x)
+    assert layer not in packed_linear._PACKED  # keep=False: freed
+    # with gradients on (training forward passes) the weight itself is used
+    with packed_linear.packed_linears(model):
+        assert model(x).requires_grad

@@ -18,6 +18,7 @@ the 135M model), so only fewer tokens or more rows per call make it cheaper ther
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import weakref
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from sdft_ops.engine.packed_linear import packed_linears
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device,
@@ -91,6 +94,9 @@ _GRAPH_FAILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 log = logging.getLogger(__name__)
 
 
+# Bumped when the decoder's arithmetic changes (2: oneDNN-packed few-row calls): greedy answers
+# cached by an older decoder are not compared with new ones (evaluation.battery._signature).
+DECODER_VERSION = 2
 MIN_SHARED_PREFIX = 8  # tokens every prompt of a batch must share before they are run once
 
 
@@ -207,6 +213,7 @@ def decode(
     backend: DecodeBackend = "eager",
     compact: bool = False,
     settled: Callable[[int, list[int]], bool] | None = None,
+    keep_packed: bool = False,
 ) -> Rollout:
     """Sample (seeds given) or greedy-decode (seeds None) one completion per prompt.
     `keep_logits`: also return the raw logits behind each token (a teacher's rollout then needs
@@ -220,11 +227,14 @@ def decode(
     rounding.
     `settled(row, tokens so far) -> bool`: a row whose answer is already decided (its scorer
     cannot change its verdict) stops there like a row at its stop id; it is not `finished`
-    (that means: ended at a stop id)."""
+    (that means: ended at a stop id).
+    On a CPU (eager) the few-row calls run on oneDNN-packed weights (`packed_linear`);
+    `keep_packed` keeps those copies for the next decode of the same, unchanged weights."""
     device = next(model.parameters()).device
     backend = resolve_backend(backend, device)
     kwargs = dict(max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, temperature=temperature,
                   top_p=top_p, seeds=seeds, keep_logits=keep_logits, settled=settled,
+                  keep_packed=keep_packed,
                   compact=compact and backend == "eager" and not keep_logits)
     if backend == "cuda_graph" and model in _GRAPH_FAILED:
         backend = "eager"
@@ -239,8 +249,14 @@ def decode(
         return _decode(model, prompts, backend="eager", **kwargs)
 
 
-def _decode(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, seeds,
-            keep_logits, backend, compact, settled) -> Rollout:
+def _decode(model, prompts, *, backend, keep_packed, **kwargs) -> Rollout:
+    on_cpu = next(model.parameters()).device.type == "cpu" and backend == "eager"
+    with packed_linears(model, keep=keep_packed) if on_cpu else contextlib.nullcontext():
+        return _decode_loop(model, prompts, backend=backend, **kwargs)
+
+
+def _decode_loop(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, seeds,
+                 keep_logits, backend, compact, settled) -> Rollout:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -320,7 +336,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_
 
         out = decode(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
                      eos_ids=eos_ids, pad_id=pad, backend=backend, compact=True,
-                     settled=row_settled if settled is not None else None)
+                     settled=row_settled if settled is not None else None, keep_packed=True)
         for row, i in enumerate(batch):
             tokens = out.completion_ids[row].tolist()[: cut.get(row)]
             texts[i] = tokenizer.decode(until_stop(tokens, eos_ids), skip_special_tokens=True)

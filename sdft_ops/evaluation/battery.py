@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sdft_ops.data import DemoDataset
 from sdft_ops.domains import DOMAINS, load_shipped, reference_for
+from sdft_ops.engine.sampling import DECODER_VERSION
 from sdft_ops.evaluation.report import EvalReport, build_report
 from sdft_ops.evaluation.scorers import get_scorer
 from sdft_ops.evaluation.suites import GenerationSuite, GenItem, load_suite_file
@@ -160,13 +161,16 @@ def _item_ids(suite) -> list[str] | None:
 
 
 def _signature(suite) -> str:
-    """What besides its items decides a suite's scores (kind, answer length, method, scorer):
-    cached per-item scores are reused only under the same signature."""
+    """What besides its items decides a suite's scores (kind, answer length, method, scorer, and
+    for a suite that decodes, the decoder's version): cached per-item scores are reused only
+    under the same signature."""
     if not dataclasses.is_dataclass(suite):
         return type(suite).__name__
     plain = (str, int, float, bool, type(None))
     fields = {f.name: v if isinstance(v := getattr(suite, f.name), plain) else getattr(v, "__name__", type(v).__name__)
               for f in dataclasses.fields(suite) if f.name not in ("items", "name", "decode_batch_size")}
+    if "max_new_tokens" in fields:
+        fields["decoder"] = DECODER_VERSION
     return hashlib.sha256(json.dumps([type(suite).__name__, fields], sort_keys=True).encode()).hexdigest()[:12]
 
 
