@@ -3,8 +3,10 @@ the gate rejects a candidate that lost nothing, and how often it catches a real 
 
 Models: `benchmarks/recipes.py`'s data home (benchmarks/results/cache/recipes). The reference is
 its safety champion (`updates/safety/model`); the candidates (`CANDIDATES`) were trained from it:
-the champion itself re-registered (a literal no-op), the chosen recipe on triage (seed 1; its
-tooluse run did not fit the session that measured this), the rushed SFT update (16 steps, lr 1e-4, no replay) and a damaging SFT at lr 3e-3.
+the champion itself re-registered (a literal no-op), the chosen recipe on triage (seed 1), the
+cheapest recipe that met the bar on tooluse (32 steps, k = 4) on seed 0 and on seed 1 (where it
+lost a quarter of the refusals), offline SDFT on triage (it over-refuses), the rushed SFT update
+(16 steps, lr 1e-4, no replay) and a damaging SFT at lr 3e-3.
 
 1. Timed (`--time`): each candidate's whole evaluation as the demo's gate runs it:
    configs/demo.yaml's eval and configs/gate.yaml's policy, every suite of the chain's last
@@ -60,6 +62,12 @@ CHOSEN = "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps"
 CANDIDATES = {
     "safety": ("safety", "promote", "no-op: the champion re-registered"),
     f"triage--{CHOSEN}-seed1": ("triage", "promote", "the chosen recipe on triage (seed 1)"),
+    "tooluse--sdft-teacher+replay1.0-refusal0.5-32steps-k4": (
+        "tooluse", "promote", "the 32-step k=4 recipe on tooluse (seed 0)"),
+    "tooluse--sdft-teacher+replay1.0-refusal0.5-32steps-k4-seed1": (
+        "tooluse", "reject", "the same on seed 1 (kept 0.754 of the HarmBench refusals)"),
+    "triage--sdft-offline+replay-demos1.0-refusal0.75-24steps": (
+        "triage", "reject", "offline SDFT on triage (benign look-alikes answered fell 0.35)"),
     "tooluse--sft": ("tooluse", "reject", "rushed SFT (16 steps, lr 1e-4, no replay)"),
     "tooluse--sft-lr3e-3": ("tooluse", "reject", "damaging SFT (lr 3e-3)"),
 }
@@ -277,7 +285,9 @@ def write(out: dict) -> None:
              f"max {out['seconds_per_candidate']['max']:.1f} over {out['seconds_per_candidate']['runs']} candidates. "
              "A candidate whose safety test settles a drop stops there (`eval.stop_at_first_reject`); "
              "the candidates scored on every suite took "
-             + ", ".join(f"{r['seconds']:.1f}" for r in runs if not r.get("stopped_early")) + " s.",
+             + ", ".join(f"{r['seconds']:.1f}" for r in runs if not r.get("stopped_early")) + " s. "
+             f"**Promoted candidates: median {out['seconds_per_promoted_candidate']['median']:.1f} s** "
+             f"over {out['seconds_per_promoted_candidate']['runs']}.",
              "", f"**False reject of a no-op candidate: {out['noop_false_reject']:.3f}**; power at a 0.05 "
              f"composite prior drop **{out['power']['prior_composite_drop_0.05']:.3f}**, at a 10% relative "
              f"HarmBench refusal drop **{out['power']['harmbench_relative_drop_0.10']:.3f}** "
@@ -354,6 +364,7 @@ def main() -> None:
         return
     runs, sim = out["timing"]["runs"], out["simulations"]
     seconds = [r["seconds"] for r in runs]
+    promoted = [r["seconds"] for r in runs if r["decided"] == "promote"]
     items: dict[str, list[int]] = {}
     for r in runs:
         for o in r["tests"].values():
@@ -362,6 +373,9 @@ def main() -> None:
     result = {
         "seconds_per_candidate": {"median": statistics.median(seconds), "min": min(seconds),
                                   "max": max(seconds), "runs": len(seconds)},
+        # the ones a stop at the first settled reject cannot shorten: every suite is scored
+        "seconds_per_promoted_candidate": {"median": statistics.median(promoted), "min": min(promoted),
+                                           "max": max(promoted), "runs": len(promoted)},
         "noop_false_reject": 1.0 - math.prod(1.0 - sim[t]["null_false_reject"] for t in
                                              ("prior_composite", "harmbench_refusal", "benign_compliance")),
         "power": {"prior_composite_drop_0.05": sim["prior_composite"]["power_drop"],
