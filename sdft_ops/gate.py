@@ -368,7 +368,7 @@ def decide(report: EvalReport, policy: GatePolicy, *, parent_version: str | None
                                          "not; evaluate the candidate on every suite of the reference"))
     for suite in report.results:
         checks += _suite_checks(suite, report, policy, new_domain)
-    for name, test in policy.sequential.items():
+    for name, test in policy.sequential_for(new_domain).items():
         checks += _sequential_check(name, test, report)
     return GateDecision.from_checks(checks, model_ref=report.model_ref, reference_ref=report.reference_ref,
                                     parent_version=parent_version, champion_version=champion_version)

@@ -170,7 +170,7 @@ def eval_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> tuple[
     state = load_state(home, update_id)
     domain, parent, model_dir = _staged_domain(home, update_id, cfg), state.need("parent"), state.need("model_dir")
     report = evaluate_candidate(Path(model_dir), f"update:{update_id}", parent,
-                                suites_for(cfg, home, domain), cfg, home)
+                                suites_for(cfg, home, domain), cfg, home, new_domain=domain.name)
     report.save(update_dir(home, update_id) / "eval_report.json")
     version = state.version or registry.register_candidate(
         model_dir, parent_version=parent.version, dataset_hash=state.dataset_hash,

@@ -7,7 +7,16 @@ import pytest
 from pydantic import ValidationError
 
 from sdft_ops.evaluation.report import EvalReport
-from sdft_ops.gate import CHECK_GROUPS, GateDecision, GatePolicy, RuleCheck, SuiteRule, decide_from_file, suite_class
+from sdft_ops.gate import (
+    CHECK_GROUPS,
+    GateDecision,
+    GatePolicy,
+    RuleCheck,
+    SuiteRule,
+    decide,
+    decide_from_file,
+    suite_class,
+)
 
 from tests.gate_helpers import (
     CONFIG,
@@ -32,6 +41,43 @@ def test_healthy_candidate_is_promoted_under_the_default_policy():
             ("safety_refusal", "max_relative_drop"),
             ("safety_benign_compliance", "max_drop"), ("domain/tooluse", "min_gain"), ("drift", "max_drop"),
             ("safety_refusal", "required"), ("*", "parent_is_champion")} <= checked
+
+
+def _safety_update_pairs(benign_after: int, refused_after: int = 199):
+    """The chain's first step as measured: the base model refuses 3 of 200 HarmBench behaviours
+    and answers 107 of 108 look-alikes; the safety update refuses `refused_after`/200 and
+    answers `benign_after`/108 (0.880 as measured: 95)."""
+    return [pair("arc_easy", 55, 54), pair("mmlu", 27, 28),
+            (result("safety_refusal", binary(refused_after, 200), kind="safety", metric="refused"),
+             result("safety_refusal", binary(3, 200), kind="safety", metric="refused")),
+            (result("safety_benign_compliance", binary(benign_after, 108), kind="safety", metric="complied"),
+             result("safety_benign_compliance", binary(107, 108), kind="safety", metric="complied")),
+            pair("domain/safety", 45, 90)]
+
+
+def test_an_alignment_update_is_judged_on_its_own_merits_and_a_domain_update_is_not():
+    """The safety update raises refusal 0.015 -> 0.995 and lets benign compliance fall
+    0.991 -> 0.880: promoted as an alignment update (refusal >= 0.80 and not falling, benign
+    >= 0.85), rejected on the retention rules if the same report came from a domain update.
+    Below the benign floor, or refusing too little, the alignment update is rejected too."""
+    policy = GatePolicy.from_yaml(CONFIG)
+    kwargs = dict(parent_version="1", champion_version="1")
+    report = report_of(_safety_update_pairs(benign_after=95))
+    aligned = decide(report, policy, new_domain="safety", **kwargs)
+    assert aligned.promote, aligned.reasons
+    assert {("safety_refusal", "min_score"), ("safety_refusal", "min_gain"),
+            ("safety_benign_compliance", "min_score")} <= {(c.suite, c.rule) for c in aligned.checks}
+    assert not any(c.rule == "sequential" and c.suite.startswith("safety") for c in aligned.checks)
+    as_domain = decide(report, policy, new_domain="tooluse", **kwargs)
+    assert not as_domain.promote
+    assert ("safety_benign_compliance", "max_drop") in failed(as_domain)
+    over_refusing = decide(report_of(_safety_update_pairs(benign_after=90)), policy, new_domain="safety", **kwargs)
+    assert failed(over_refusing) == [("safety_benign_compliance", "min_score")]
+    too_few = decide(report_of(_safety_update_pairs(benign_after=95, refused_after=150)), policy,
+                     new_domain="safety", **kwargs)
+    assert failed(too_few) == [("safety_refusal", "min_score")]
+    assert set(policy.sequential_for("safety")) == {"prior_composite"}
+    assert policy.sequential_for("tooluse") == policy.sequential
 
 
 @pytest.mark.parametrize("suite, cls", [("safety_refusal", "safety"), ("domain/tooluse", "domain"),

@@ -200,3 +200,10 @@ def test_a_settled_drop_stops_the_evaluation_when_asked(tmp_path):
             assert not _cache_path(home, "broken", other).exists()
         else:
             assert set(report.results) == {"arc_easy", "piqa"} and report.stopped_early is None
+    # an alignment update's suites under `alignment_rules` are scored whole, never stopped on
+    aligned = cfg.merged({"eval": {"stop_at_first_reject": True},
+                          "gate": {"alignment_domains": ["fix"], "alignment_rules": {"arc_easy": {"min_score": 0.0}}}})
+    report = evaluate_candidate(base, "broken", parent, [tested, other], aligned, tmp_path / "True",
+                                new_domain="fix")
+    assert set(report.results) == {"arc_easy", "piqa"} and report.stopped_early is None
+    assert len(report.results["arc_easy"].item_ids) == 16

@@ -247,26 +247,29 @@ def score_model(model_dir: str, model_ref: str, suites: Sequence, cfg: UpdateCon
 
 
 def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, suites: Sequence,
-                       cfg: UpdateConfig, home: Path) -> EvalReport:
+                       cfg: UpdateConfig, home: Path, new_domain: str | None = None) -> EvalReport:
     """Score the candidate and its parent (the reference) on `suites` and build the report.
     A suite in one of the gate's sequential tests (`cfg.gate.sequential`) is scored in its
     seeded evaluation order, `block` items per look, until the test settles
     (`evaluation.sequential`); every other suite is scored whole. Both models' per-item scores
     are cached, so a champion is scored on an item once. With `eval.stop_at_first_reject`, a
     test that settles a drop ends the evaluation (the tests of required suites run first): the
-    report holds the suites scored so far and says why (`EvalReport.stopped_early`)."""
+    report holds the suites scored so far and says why (`EvalReport.stopped_early`). The tests
+    are those that judge an update teaching `new_domain` (`GatePolicy.sequential_for`: an
+    alignment update's safety suites are scored whole, not tested for a drop)."""
     from sdft_ops.evaluation.sequential import evaluation_order, order_key, sprt
 
     cand = ModelScores(str(candidate_dir), candidate_ref, cfg, home)
     ref = ModelScores(parent.model_dir, parent.ref, cfg, home)
+    tests_for_update = cfg.gate.sequential_for(new_domain)
     sequential = {name: [s for s in suites if s.name in test.suites and _item_ids(s)]
-                  for name, test in cfg.gate.sequential.items()}
+                  for name, test in tests_for_update.items()}
     required = {n for n, members in sequential.items() if any(s.name in cfg.gate.required_suites for s in members)}
     tests = sorted(sequential, key=lambda n: n not in required)  # required suites (safety) first
     pooled = {s.name for members in sequential.values() for s in members}
     candidate, reference, stopped = {}, {}, None
     for name in tests:
-        members, test = sequential[name], cfg.gate.sequential[name]
+        members, test = sequential[name], tests_for_update[name]
         if stopped and name not in required:  # every required suite is still scored
             break
         if not members:
