@@ -198,18 +198,18 @@ class GenerationSuite:
     def __len__(self) -> int:
         return len(self.items)
 
-    def _scorer_name(self, item: GenItem) -> str:
-        chosen = item.scorer or self.scorer
-        return chosen if isinstance(chosen, str) else getattr(chosen, "__name__", "score")
-
     def _scorer(self, item: GenItem) -> Scorer:
         chosen = item.scorer or self.scorer
         return get_scorer(chosen) if isinstance(chosen, str) else chosen
 
+    def _scorer_name(self, item: GenItem) -> str:  # a named scorer's function bears its name
+        return getattr(self._scorer(item), "__name__", "score")
+
     def run(self, model, tokenizer, batch_size: int = 16) -> SuiteResult:
         start = time.perf_counter()
         prompts = [encode_chat(tokenizer, [dict(m) for m in item.messages]) for item in self.items]
-        rules = [settle_rule(self._scorer(item)) for item in self.items]
+        scorers = [self._scorer(item) for item in self.items]
+        rules = [settle_rule(scorer) for scorer in scorers]
 
         def settled(i: int, prefix: str) -> bool:  # a row stops once its score cannot change
             return rules[i] is not None and rules[i](prefix, self.items[i].reference)
@@ -218,8 +218,8 @@ class GenerationSuite:
                                       self.decode_batch_size or batch_size,
                                       settled=settled if any(rules) else None)
         scores, by_scorer = [], {}
-        for item, prediction in zip(self.items, predictions):
-            score = float(self._scorer(item)(prediction, item.reference))
+        for item, scorer, prediction in zip(self.items, scorers, predictions):
+            score = float(scorer(prediction, item.reference))
             if self.binary and score not in (0.0, 1.0):
                 raise ValueError(f"{self.name}: scorer {self._scorer_name(item)!r} returned "
                                  f"{score} for {item.item_id!r}; pass binary=False for graded scorers")
