@@ -139,6 +139,64 @@ def test_a_shared_prompt_prefix_runs_once_with_the_same_logits(tiny):
             shared.step(step)
 
 
+def test_prompts_of_different_lengths_run_in_groups_with_the_logits_of_the_plain_batch(tiny):
+    """Without a shared prefix the prompt pass still runs in length groups (each padded to its own
+    longest row) laid into one left-padded cache: the logits after the prompt and after a few
+    steps match the plain batch's."""
+    from sdft_ops.engine.prefill import length_groups, left_pad, shared_prefix
+    from sdft_ops.engine.sampling import _ModelCalls
+
+    model, tok = tiny
+    encoded = [tok(q * (1 + 3 * i), add_special_tokens=False)["input_ids"] for i, q in enumerate(QUESTIONS)]
+    assert shared_prefix(encoded) == 0 and len(length_groups([len(e) for e in encoded])) > 1
+    ids, mask = left_pad(encoded, tok.pad_token_id, model.device)
+    with torch.no_grad():
+        plain = _ModelCalls(model, ids, mask, 4, "eager")
+        grouped = _ModelCalls(model, ids, mask, 4, "eager", prompts=encoded, pad_id=tok.pad_token_id)
+        for _ in range(3):
+            torch.testing.assert_close(grouped.logits, plain.logits, atol=1e-4, rtol=1e-4)
+            step = plain.logits.argmax(-1)
+            plain.step(step)
+            grouped.step(step)
+
+
+@pytest.mark.parametrize("lengths", [[5], [40, 3, 3, 3], [9, 8, 8, 7, 2, 2, 1], list(range(1, 30))])
+def test_length_groups_partition_the_rows_at_the_least_cost(lengths):
+    """Every row in exactly one group, groups in longest-first order, and no partition of the
+    sorted rows into consecutive groups costs less (checked against all of them)."""
+    import itertools
+
+    from sdft_ops.engine.prefill import CALL_COST_TOKENS, length_groups
+
+    groups = length_groups(lengths)
+    flat = [i for g in groups for i in g]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+
+    def cost(gs):
+        return sum(CALL_COST_TOKENS + len(g) * max(lengths[i] for i in g) for g in gs)
+
+    if len(lengths) <= 12:
+        n = len(flat)
+        best = min(cost([flat[a:b] for a, b in zip((0, *cuts), (*cuts, n))])
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k))
+        assert cost(groups) == best
+    assert cost(groups) <= cost([flat]) and cost(groups) <= cost([[i] for i in flat])
+
+
+def test_each_prompt_can_have_its_own_token_cap(tiny):
+    """greedy_generate(max_new_tokens=[...]): each row stops at its own cap, with the text the
+    prompt gets decoded alone at that cap."""
+    model, tok = tiny
+    encoded = [encode_chat(tok, m) for m in _messages()]
+    caps = [2, 12, 5, 12, 1]
+    together = greedy_generate(model, tok, encoded, max_new_tokens=caps, batch_size=3)
+    assert together == [greedy_generate(model, tok, [p], n)[0] for p, n in zip(encoded, caps)]
+    assert len(set(together)) > 1
+    with pytest.raises(ValueError, match="one per prompt"):
+        greedy_generate(model, tok, encoded, max_new_tokens=[2, 3])
+
+
 def test_few_row_calls_run_on_packed_weights_remade_when_the_weights_change():
     """packed_linears: a 2-128-row call equals F.linear up to rounding; one row and long inputs use
     the weight itself; an in-place weight update (an optimizer step) remakes the packed copy;

@@ -29,25 +29,7 @@ from typing import Literal
 import torch
 
 from sdft_ops.engine.packed_linear import packed_linears
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device,
-             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged ids → (B, L) ids and attention mask, padded on the left (for decoding) to the
-    longest or to `width`."""
-    width = width or max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions that ignore left padding: 0 at each row's first real token."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+from sdft_ops.engine.prefill import MIN_SHARED_PREFIX, grouped_prefill, left_pad, position_ids, shared_prefix
 
 
 def row_seed(*parts: object) -> int:
@@ -94,23 +76,10 @@ _GRAPH_FAILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 log = logging.getLogger(__name__)
 
 
-# Bumped when the decoder's arithmetic changes (2: oneDNN-packed few-row calls): greedy answers
-# cached by an older decoder are not compared with new ones (evaluation.battery._signature).
-DECODER_VERSION = 2
-MIN_SHARED_PREFIX = 8  # tokens every prompt of a batch must share before they are run once
-
-
-def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens all prompts share (each keeps at least one of its own)."""
-    if len(prompts) < 2:
-        return 0
-    first, limit = prompts[0], min(map(len, prompts)) - 1
-    length = 0
-    while length < limit and all(p[length] == first[length] for p in prompts):
-        length += 1
-    return length
-
-
+# Bumped when the decoder's arithmetic changes (2: oneDNN-packed few-row calls; 3: the prompt pass
+# in length groups): greedy answers cached by an older decoder are not compared with new ones
+# (evaluation.battery._signature).
+DECODER_VERSION = 3
 def resolve_backend(backend: DecodeBackend, device: torch.device) -> str:
     """`auto`: CUDA graphs on a CUDA device, eager elsewhere."""
     if backend == "auto":
@@ -135,10 +104,13 @@ class _ModelCalls:
                  prompts: Sequence[Sequence[int]] | None = None, pad_id: int = 0):
         self.backend, self.width = backend, ids.shape[1]
         self.pos = position_ids(mask)[:, -1:]
-        prefix = shared_prefix(prompts) if prompts is not None and backend == "eager" else 0
-        if prefix >= MIN_SHARED_PREFIX:
-            self._prefill_shared(model, prompts, prefix, pad_id)
-            return
+        if prompts is not None and backend == "eager":
+            prefix = shared_prefix(prompts)
+            grouped = grouped_prefill(model, prompts, prefix if prefix >= MIN_SHARED_PREFIX else 0, pad_id)
+            if grouped is not None:
+                self.cache, self.attn, self.logits = grouped
+                self.pos, self.step_fn, self.width = position_ids(self.attn)[:, -1:], model, self.attn.shape[1]
+                return
         if backend == "eager":
             self.attn, self.cache = mask, None
         else:
@@ -156,25 +128,6 @@ class _ModelCalls:
                     position_ids=position_ids(mask), cache=self.cache, use_cache=True, logits_to_keep=1)
         # transformers ≥ 5.24 names the KV cache `cache` (in and out); we require that version
         self.cache, self.logits = out.cache, out.logits[:, -1, :]
-
-    def _prefill_shared(self, model, prompts, prefix: int, pad_id: int) -> None:
-        """Eager prefill when every prompt starts with the same `prefix` tokens (a chat
-        template's system prompt): those run once, their KV cache is repeated per row, then
-        each row's own tokens run on top, left-padded after the shared part. Positions and
-        mask are those of the row's own prompt; the padding sits between the parts, masked."""
-        device = next(model.parameters()).device
-        head = torch.tensor([list(prompts[0][:prefix])], dtype=torch.long, device=device)  # (1, P)
-        out = model(input_ids=head, position_ids=torch.arange(prefix, device=device)[None],
-                    use_cache=True, logits_to_keep=1)
-        cache = out.cache
-        cache.batch_repeat_interleave(len(prompts))
-        rest, rest_mask = left_pad([p[prefix:] for p in prompts], pad_id, device)  # (B, R)
-        self.attn = torch.cat([rest_mask.new_ones(len(prompts), prefix), rest_mask], dim=1)
-        positions = position_ids(self.attn)
-        out = model(input_ids=rest, attention_mask=self.attn, position_ids=positions[:, prefix:],
-                    cache=cache, use_cache=True, logits_to_keep=1)
-        self.cache, self.logits, self.pos = out.cache, out.logits[:, -1, :], positions[:, -1:]
-        self.step_fn, self.width = model, self.attn.shape[1]
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only these batch rows (eager): their KV-cache rows, mask, positions and logits."""
@@ -309,34 +262,44 @@ def _decode_loop(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature
                    torch.stack(logits_out, dim=1) if keep_logits else None)
 
 
-def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    batch_size: int = 16, backend: DecodeBackend = "auto",
+def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]],
+                    max_new_tokens: int | Sequence[int], batch_size: int = 16,
+                    backend: DecodeBackend = "auto",
                     settled: Callable[[int, str], bool] | None = None) -> list[str]:
     """Greedy continuations of tokenized prompts (longest first, in batches of `batch_size`),
     cut at the first stop id and decoded without special tokens, in prompt order. A row stops
     costing model calls at its stop id (`decode(compact=True)` on the eager backend).
+    `max_new_tokens`: one cap, or one per prompt (several suites' prompts in one decode).
     `settled(i, text so far) -> bool`: prompt i's answer is decided (e.g. a refusal phrase is
     already said): its row stops there and its text is that prefix. The text passed is cut
     before a trailing partial UTF-8 character, so it is a prefix of any longer answer."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    caps = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(caps) != len(prompts) or min(caps, default=1) < 1:
+        raise ValueError(f"max_new_tokens: give one cap >= 1, or one per prompt ({len(prompts)})")
     eos_ids, pad = stop_ids(model, tokenizer), tokenizer.pad_token_id
     pad = eos_ids[0] if pad is None else pad
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     texts = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        cut: dict[int, int] = {}  # row -> tokens kept when it settled
+        longest = max(caps[i] for i in batch)
+        cut: dict[int, int] = {}  # row -> tokens kept when it settled or reached its own cap
 
         def row_settled(row: int, tokens: list[int], batch=batch, cut=cut) -> bool:
-            text = tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
-            if settled(batch[row], text):
+            if len(tokens) >= caps[batch[row]]:
                 cut[row] = len(tokens)
+            elif settled is not None:
+                text = tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
+                if settled(batch[row], text):
+                    cut[row] = len(tokens)
             return row in cut
 
-        out = decode(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+        uneven = any(caps[i] < longest for i in batch)
+        out = decode(model, [prompts[i] for i in batch], max_new_tokens=longest,
                      eos_ids=eos_ids, pad_id=pad, backend=backend, compact=True,
-                     settled=row_settled if settled is not None else None, keep_packed=True)
+                     settled=row_settled if settled is not None or uneven else None, keep_packed=True)
         for row, i in enumerate(batch):
             tokens = out.completion_ids[row].tolist()[: cut.get(row)]
             texts[i] = tokenizer.decode(until_stop(tokens, eos_ids), skip_special_tokens=True)

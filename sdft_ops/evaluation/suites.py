@@ -44,7 +44,7 @@ from sdft_ops.chat import Messages, encode_chat
 from sdft_ops.data import NonEmptyStr, Prompt
 from sdft_ops.evaluation.scorers import NO_JSON, Scorer, extract_json, get_scorer, settle_rule
 from sdft_ops.evaluation.suites_drift import DriftItem, DriftSuite, load_drift_file
-from sdft_ops.engine.sampling import greedy_generate
+from sdft_ops.evaluation.generation import Generation, generate_together, run_generating
 from sdft_ops.evaluation.suites_engine import encode_pair, pad_id, score_continuations
 from sdft_ops.evaluation.suites_ifeval import (
     CHECKERS,
@@ -205,18 +205,21 @@ class GenerationSuite:
     def _scorer_name(self, item: GenItem) -> str:  # a named scorer's function bears its name
         return getattr(self._scorer(item), "__name__", "score")
 
-    def run(self, model, tokenizer, batch_size: int = 16) -> SuiteResult:
-        start = time.perf_counter()
-        prompts = [encode_chat(tokenizer, [dict(m) for m in item.messages]) for item in self.items]
-        scorers = [self._scorer(item) for item in self.items]
-        rules = [settle_rule(scorer) for scorer in scorers]
+    def generation(self, tokenizer) -> Generation:
+        rules = [settle_rule(self._scorer(item)) for item in self.items]
 
         def settled(i: int, prefix: str) -> bool:  # a row stops once its score cannot change
             return rules[i] is not None and rules[i](prefix, self.items[i].reference)
 
-        predictions = greedy_generate(model, tokenizer, prompts, self.max_new_tokens,
-                                      self.decode_batch_size or batch_size,
-                                      settled=settled if any(rules) else None)
+        return Generation([encode_chat(tokenizer, [dict(m) for m in item.messages]) for item in self.items],
+                          self.max_new_tokens, self.decode_batch_size, settled if any(rules) else None)
+
+    def run(self, model, tokenizer, batch_size: int = 16) -> SuiteResult:
+        return run_generating(self, model, tokenizer, batch_size)
+
+    def scored(self, predictions: Sequence[str], seconds: float) -> SuiteResult:
+        start = time.perf_counter()
+        scorers = [self._scorer(item) for item in self.items]
         scores, by_scorer = [], {}
         for item, scorer, prediction in zip(self.items, scorers, predictions):
             score = float(scorer(prediction, item.reference))
@@ -232,7 +235,7 @@ class GenerationSuite:
         return SuiteResult(
             suite=self.name, kind=self.kind, metric=metric, binary=self.binary,
             item_ids=tuple(item.item_id for item in self.items), scores=tuple(scores),
-            metrics=metrics, seconds=time.perf_counter() - start,
+            metrics=metrics, seconds=seconds + time.perf_counter() - start,
         )
 
 
@@ -348,24 +351,38 @@ def run_suites(
     precision: Precision = "model",
     progress: bool = True,
 ) -> dict[str, SuiteResult]:
-    """Run each suite once, in order, with a tqdm bar; the model is in eval mode meanwhile and
-    gets its train/eval mode back afterwards. Suite names must be unique."""
+    """Run each suite once, with a tqdm bar; the model is in eval mode meanwhile and gets its
+    train/eval mode back afterwards. Suite names must be unique. The generating suites (those
+    whose `generation` is not None) share one decode (`generation.generate_together`), run
+    first; the others run in order."""
     from tqdm.auto import tqdm
 
     names = [suite.name for suite in suites]
     if duplicates := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"duplicate suite names {duplicates}; give every suite its own name")
+    asks = [(suite, ask) for suite in suites
+            if (ask := getattr(suite, "generation", lambda _: None)(tokenizer)) is not None]
     was_training = model.training
     model.eval()
     results: dict[str, SuiteResult] = {}
     try:
-        bar = tqdm(suites, desc="eval", unit="suite", disable=not progress)
-        for suite in bar:
+        bar = tqdm(total=len(suites), desc="eval", unit="suite", disable=not progress)
+        if asks:
+            bar.set_postfix_str(", ".join(suite.name for suite, _ in asks))
+            with precision_context(model, precision):
+                results |= generate_together(model, tokenizer, asks, batch_size)
+            bar.update(len(asks))
+        for suite in suites:
+            if suite.name in results:
+                continue
             bar.set_postfix_str(suite.name)
             with precision_context(model, precision):
                 result = suite.run(model, tokenizer, batch_size=batch_size)
             assert result.suite == suite.name, (result.suite, suite.name)
             results[suite.name] = result
+            bar.update()
+        bar.close()
     finally:
         model.train(was_training)
+    results = {name: results[name] for name in names}
     return results

@@ -20,7 +20,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdft_ops.chat import encode_chat
 from sdft_ops.data import NonEmptyStr
-from sdft_ops.engine.sampling import greedy_generate
+from sdft_ops.evaluation.generation import Generation, run_generating
 from sdft_ops.evaluation.suites_io import read_records
 from sdft_ops.evaluation.types import SuiteKind, SuiteResult
 
@@ -235,12 +235,15 @@ class InstructionFollowingSuite:
     def __len__(self) -> int:
         return len(self.items)
 
+    def generation(self, tokenizer) -> Generation:
+        return Generation([encode_chat(tokenizer, [{"role": "user", "content": item.prompt}])
+                           for item in self.items], self.max_new_tokens, self.decode_batch_size)
+
     def run(self, model, tokenizer, batch_size: int = 16) -> SuiteResult:
+        return run_generating(self, model, tokenizer, batch_size)
+
+    def scored(self, responses: Sequence[str], seconds: float) -> SuiteResult:
         start = time.perf_counter()
-        prompts = [encode_chat(tokenizer, [{"role": "user", "content": item.prompt}])
-                   for item in self.items]
-        responses = greedy_generate(model, tokenizer, prompts, self.max_new_tokens,
-                                      self.decode_batch_size or batch_size)
         scores, by_type = [], {}
         for item, response in zip(self.items, responses):
             passed = [check(response.strip()) for check in item.checks]
@@ -253,5 +256,5 @@ class InstructionFollowingSuite:
         return SuiteResult(
             suite=self.name, kind=self.kind, metric="prompt_acc", binary=True,
             item_ids=tuple(item.item_id for item in self.items), scores=tuple(scores),
-            metrics=metrics, seconds=time.perf_counter() - start,
+            metrics=metrics, seconds=seconds + time.perf_counter() - start,
         )

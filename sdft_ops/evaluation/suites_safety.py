@@ -38,6 +38,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,7 +46,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sdft_ops.chat import encode_chat
 from sdft_ops.data import NonEmptyStr
-from sdft_ops.engine.sampling import greedy_generate
+from sdft_ops.evaluation.generation import Generation, run_generating
 from sdft_ops.evaluation.suites_engine import pad_id, score_continuations
 from sdft_ops.evaluation.suites_io import read_records
 from sdft_ops.evaluation.types import SuiteKind, SuiteResult
@@ -129,21 +130,28 @@ class SafetySuite:
         scored = score_continuations(model, requests, batch_size, pad_id(tokenizer))
         return [scored[2 * i].mean - scored[2 * i + 1].mean for i in range(len(self.items))]
 
-    def refusals(self, model, tokenizer, batch_size: int) -> tuple[list[bool], dict[str, float]]:
-        """Whether each item was refused, by `method`, plus method-specific metrics."""
-        if self.method == "phrases":
-            answers = greedy_generate(model, tokenizer, self._prompts(tokenizer),
-                                      self.max_new_tokens, self.decode_batch_size or batch_size,
-                                      settled=lambda _, text: refusal_said(text))
-            return [is_refusal(answer) for answer in answers], {}
-        if self.method == "loglik":
-            margins = self.loglik_margins(model, tokenizer, batch_size)
-            return [m > 0 for m in margins], {"mean_margin": math.fsum(margins) / len(margins)}
-        raise ValueError(f"unknown safety method {self.method!r}; use 'phrases' or 'loglik'")
+    def generation(self, tokenizer) -> Generation | None:
+        """The phrase method's greedy answers, each stopped once a refusal phrase is said."""
+        if self.method != "phrases":
+            return None
+        return Generation(self._prompts(tokenizer), self.max_new_tokens, self.decode_batch_size,
+                          settled=lambda _, text: refusal_said(text))
 
     def run(self, model, tokenizer, batch_size: int = 16) -> SuiteResult:
-        start = time.perf_counter()
-        refused, metrics = self.refusals(model, tokenizer, batch_size)
+        if self.method == "phrases":
+            return run_generating(self, model, tokenizer, batch_size)
+        if self.method == "loglik":
+            start = time.perf_counter()
+            margins = self.loglik_margins(model, tokenizer, batch_size)
+            return self._result([m > 0 for m in margins],
+                                {"mean_margin": math.fsum(margins) / len(margins)},
+                                time.perf_counter() - start)
+        raise ValueError(f"unknown safety method {self.method!r}; use 'phrases' or 'loglik'")
+
+    def scored(self, answers: Sequence[str], seconds: float) -> SuiteResult:
+        return self._result([is_refusal(answer) for answer in answers], {}, seconds)
+
+    def _result(self, refused: Sequence[bool], metrics: dict[str, float], seconds: float) -> SuiteResult:
         scores = [float(r == self.expect_refusal) for r in refused]
         metrics["refusal_rate"] = sum(refused) / len(refused)
         if not self.expect_refusal:
@@ -155,5 +163,5 @@ class SafetySuite:
         return SuiteResult(
             suite=self.name, kind=self.kind, metric="refused" if self.expect_refusal else "complied",
             binary=True, item_ids=tuple(item.item_id for item in self.items), scores=tuple(scores),
-            metrics=metrics, seconds=time.perf_counter() - start,
+            metrics=metrics, seconds=seconds,
         )

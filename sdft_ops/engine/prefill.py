@@ -1,0 +1,135 @@
+"""The eager decoder's prompt pass without padding waste: a shared prefix once, then the rows in
+groups of similar length, assembled into one left-padded KV cache.
+
+A batch of chat prompts shares the template's system prompt (24-30 tokens of a 40-60 token
+prompt), and its own parts vary in length (HarmBench's 16 on average, 32 at most). Left-padding
+the batch to its longest prompt runs every row at that width; on a CPU the prompt pass is
+compute-bound, so the padding is paid in full. Here:
+
+1. the prefix every prompt shares runs once (one row), its KV cache is repeated per row;
+2. the rows' own tokens run in groups (sorted by length, cut where a group's padding would cost
+   more than a forward call: `length_groups`), each group left-padded to its own longest row;
+3. the groups' caches are laid into one cache of the batch's width, each row as
+   [prefix][padding][its own tokens]; the padding is masked and the positions are those of the
+   row's own prompt, so the next calls see what a plain left-padded batch would (up to rounding).
+
+Only for caches made of plain `DynamicLayer`s (full attention); other layouts (sliding windows)
+take the plain batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+MIN_SHARED_PREFIX = 8  # tokens every prompt of a batch must share before they are run once
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all prompts share (each keeps at least one of its own)."""
+    if len(prompts) < 2:
+        return 0
+    first, limit = prompts[0], min(map(len, prompts)) - 1
+    length = 0
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device,
+             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged ids → (B, L) ids and attention mask, padded on the left (for decoding) to the
+    longest or to `width`."""
+    width = width or max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding: 0 at each row's first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+CALL_COST_TOKENS = 32  # a forward call's fixed cost, in token rows of work (weights read, launch)
+
+
+def length_groups(lengths: Sequence[int], call_cost: int = CALL_COST_TOKENS) -> list[list[int]]:
+    """Indices grouped for the prompt pass: sorted longest first, cut to minimise the padded
+    token rows plus `call_cost` per group (an exact partition of the sorted order, O(n^2))."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j rows of `order`
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last group is order[i:j], padded to order[i]'s length
+            cost = best[i] + call_cost + (j - i) * lengths[order[i]]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _plain_layers(model) -> bool:
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+def grouped_prefill(model, prompts: Sequence[Sequence[int]], prefix: int, pad_id: int):
+    """→ (cache, attention mask (B, prefix + widest own part), logits (B, V) after each prompt),
+    or None where the model's cache is not made of plain layers. `prefix`: leading tokens every
+    prompt shares (0: none); each prompt keeps at least one token of its own."""
+    from transformers import DynamicCache
+
+    if not _plain_layers(model):
+        return None
+    device = next(model.parameters()).device
+    head = None
+    if prefix:
+        ids = torch.tensor([list(prompts[0][:prefix])], dtype=torch.long, device=device)
+        out = model(input_ids=ids, position_ids=torch.arange(prefix, device=device)[None],
+                    use_cache=True, logits_to_keep=1)
+        head = [(layer.keys, layer.values) for layer in out.cache.layers]
+    own = [list(p[prefix:]) for p in prompts]
+    widest = max(map(len, own))
+    attn = torch.zeros(len(prompts), prefix + widest, dtype=torch.long, device=device)
+    attn[:, :prefix] = 1
+    logits, parts = None, []
+    for group in length_groups([len(o) for o in own]):
+        rows = torch.tensor(group, device=device)
+        ids, mask = left_pad([own[i] for i in group], pad_id, device)  # (G, w)
+        group_attn = torch.cat([mask.new_ones(len(group), prefix), mask], dim=1)
+        cache = None if head is None else DynamicCache(
+            ddp_cache_data=[(k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1))
+                            for k, v in head])
+        out = model(input_ids=ids, attention_mask=group_attn,
+                    position_ids=position_ids(group_attn)[:, prefix:], cache=cache, use_cache=True,
+                    logits_to_keep=1)
+        if logits is None:
+            logits = out.logits.new_empty(len(prompts), out.logits.shape[-1])
+        logits[rows] = out.logits[:, -1, :]
+        attn[rows, prefix + widest - ids.shape[1]:] = mask
+        parts.append((rows, ids.shape[1], [(layer.keys, layer.values) for layer in out.cache.layers]))
+    layers = []
+    for index in range(len(parts[0][2])):
+        k0 = parts[0][2][index][0]
+        keys = k0.new_zeros(len(prompts), k0.shape[1], prefix + widest, k0.shape[3])
+        values = torch.zeros_like(keys)
+        if head is not None:
+            keys[:, :, :prefix], values[:, :, :prefix] = head[index]
+        for rows, width, group_layers in parts:
+            k, v = group_layers[index]
+            keys[rows, :, prefix + widest - width:] = k[:, :, prefix:]
+            values[rows, :, prefix + widest - width:] = v[:, :, prefix:]
+        layers.append((keys, values))
+    return DynamicCache(ddp_cache_data=layers), attn, logits
