@@ -117,6 +117,13 @@ def test_config_refuses_settings_that_cannot_work():
         SDFTConfig(rollout="teacher", divergence="reverse_kl", estimator="sampled_token")
 
 
+def _prompt_pass_then_one_token_calls(shapes) -> bool:
+    """The forwards of one decode: the prompt pass (one call per length group), then only
+    one-token calls."""
+    first = next((i for i, shape in enumerate(shapes) if shape[1] == 1), len(shapes))
+    return first >= 1 and all(shape[1] == 1 for shape in shapes[first:])
+
+
 def test_teacher_rollouts_are_scored_by_their_own_decode_as_a_teacher_forward_would():
     cfg = SDFTConfig(rollout="teacher", **FAST)
     model, tok, examples, teacher, seeds = _setup(cfg)
@@ -126,7 +133,7 @@ def test_teacher_rollouts_are_scored_by_their_own_decode_as_a_teacher_forward_wo
                                                with_kwargs=True)
     kept, _ = sdft_step(model, teacher, examples, seeds, [True] * 4, cfg, eos, pad)
     decode_calls = len(forwards)
-    assert all(shape[1] == 1 for shape in forwards[1:])  # prefill, then one token a call: no scoring pass
+    assert _prompt_pass_then_one_token_calls(forwards)  # no scoring pass
     # a filter that keeps every rollout forces the separate teacher forward on the same samples
     accept_all = cfg.model_copy(update={"rollout_filter": "scorer"})
     scored, _ = sdft_step(model, teacher, examples, seeds, [True] * 4, accept_all, eos, pad,
@@ -178,7 +185,7 @@ def test_nll_on_teacher_rollouts_alone_runs_no_teacher_scoring_pass():
                                                with_kwargs=True)
     loss, _ = sdft_step(model, teacher, examples, seeds, [True] * 4, cfg, eos, pad, check=lambda ids, e: True)
     hook.remove()
-    assert forwards and all(shape[1] == 1 for shape in forwards[1:])  # prefill, then one token a call
+    assert _prompt_pass_then_one_token_calls(forwards)
     rows = sample_completions(model, teacher.model, examples, seeds, [True] * 4, cfg, eos, pad,
                               check=lambda ids, e: True)
     assert rows.teacher_logits is None

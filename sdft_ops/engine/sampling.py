@@ -94,6 +94,8 @@ class _ModelCalls:
     """The model calls of one decode: the prompt, then one token per call.
 
     - eager: transformers' growing KV cache; the attention mask grows by a column per token.
+      Given the prompts, the prompt pass runs in length groups (`prefill.grouped_prefill`);
+      without them (or for a cache of other than plain layers) as one left-padded batch.
     - static: a StaticCache of prompt + max_new_tokens and a mask of that full width (future
       columns 0): every per-token call has the same shapes and buffers.
     - cuda_graph: static, with the per-token call compiled by torch.compile(mode=
@@ -173,11 +175,11 @@ def decode(
     no second forward to be scored). `backend`: how the per-token calls run (`_ModelCalls`);
     every backend gives the same tokens (tests/test_decoding.py). If compiling or capturing
     the CUDA graph fails, this model decodes eagerly from then on (one warning).
+    The eager prompt pass runs a prefix every prompt shares (a chat template's system prompt)
+    once and the rest in length groups (`engine/prefill.py`: no padding to the longest prompt).
     `compact` (eager, without keep_logits): a row that reaches its stop id leaves the batch (its
-    KV-cache row, mask and position are dropped), so the remaining rows' calls get cheaper; and
-    a prefix every prompt shares (a chat template's system prompt) is run once
-    (`_ModelCalls._prefill_shared`). The tokens are those of the plain batch up to float
-    rounding.
+    KV-cache row, mask and position are dropped), so the remaining rows' calls get cheaper. The
+    tokens are those of the plain left-padded batch up to float rounding.
     `settled(row, tokens so far) -> bool`: a row whose answer is already decided (its scorer
     cannot change its verdict) stops there like a row at its stop id; it is not `finished`
     (that means: ended at a stop id).
@@ -219,7 +221,7 @@ def _decode_loop(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature
     if seeds is not None:
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     calls = _ModelCalls(model, ids, mask, max_new_tokens, backend,
-                        prompts=prompts if compact else None, pad_id=pad_id)
+                        prompts=prompts if backend == "eager" else None, pad_id=pad_id)
     stop = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     done = finished.clone()  # finished, or settled
