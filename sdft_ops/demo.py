@@ -124,6 +124,10 @@ def update_record(outcome, cfg: UpdateConfig) -> dict:
             "benign_drop": (-ret["safety_benign_compliance"].difference
                             if "safety_benign_compliance" in ret else None),
             "prior_retention": statistics.fmean(prior) if prior else None,
+            "earlier_domains": {s.removeprefix("domain/"): {"before": r.reference_score, "after": r.candidate_score}
+                                for s, r in sorted(ret.items())
+                                if s.startswith("domain/") and s != f"domain/{outcome.domain}"},
+            "train_seconds": outcome.state.train_seconds, "eval_seconds": outcome.state.eval_seconds,
             "reasons": list(outcome.decision.reasons), "warnings": list(outcome.decision.warnings),
             "run_id": outcome.run_id}
 
@@ -134,7 +138,8 @@ def summary_lines(outcomes, records: list[dict], matrix: AccuracyMatrix, plot: P
     for o, rec in zip(outcomes, records):
         r = o.report
         lines.append(f"\n[{o.update_id}] {rec['recipe']} → version {o.version}: "
-                     f"{'PROMOTED' if o.promoted else 'REJECTED'}  (MLflow run {o.run_id})")
+                     f"{'PROMOTED' if o.promoted else 'REJECTED'}  (MLflow run {o.run_id}; "
+                     f"train {_seconds(rec['train_seconds'])}, evaluate {_seconds(rec['eval_seconds'])})")
         if (new := r.results.get(f"domain/{o.domain}")) is not None:
             lo, hi = r.score_ci[f"domain/{o.domain}"]
             ref = r.reference_results.get(f"domain/{o.domain}")
@@ -157,6 +162,39 @@ def summary_lines(outcomes, records: list[dict], matrix: AccuracyMatrix, plot: P
     return lines
 
 
+def _seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f} s"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+class ChainProgress:
+    """One line per phase (train, evaluate, gate) as it ends: its wall time, the chain's elapsed
+    time and an ETA, the mean measured time of each phase times the phases left (shown once
+    every phase has been measured, after the first update)."""
+
+    PHASES = ("train", "evaluate", "gate")
+
+    def __init__(self, steps: int, write: Callable[[str], None] | None = None):
+        self.steps, self.started = steps, time.perf_counter()
+        self.write = write or (lambda line: print(line, flush=True))
+        self.step: tuple[int, str] = (1, "")
+        self.seconds: dict[str, list[float]] = {phase: [] for phase in self.PHASES}
+
+    def __call__(self, update_id: str, phase: str, seconds: float) -> None:
+        self.seconds.setdefault(phase, []).append(seconds)
+        index, label = self.step
+        after = self.PHASES.index(phase) + 1 if phase in self.PHASES else len(self.PHASES)
+        left = list(self.PHASES[after:]) + list(self.PHASES) * (self.steps - index)
+        means = {p: statistics.fmean(v) for p, v in self.seconds.items() if v}
+        eta = (f"~{_clock(sum(means[p] for p in left))} left" if all(p in means for p in left)
+               else "ETA after the first update")
+        self.write(f"[{index}/{self.steps} {label}] {phase:<8} {seconds:7.0f} s   "
+                   f"chain {_clock(time.perf_counter() - self.started)} elapsed, {eta}")
+
+
 def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
     """Every step through `runner(dataset, cfg)`; then the accuracy matrix over the chain's
     domains and the prior suites, each stage being the serving model after that update.
@@ -166,12 +204,17 @@ def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
     from sdft_ops.evaluation.battery import recorded_domain_suites, suites_for
     from sdft_ops.update_state import update_dir
 
+    from sdft_ops.pipeline import phase_listener
+
     home, cfg = data_home(home), chain.base_config()
     outcomes, records = [], []
-    for step in chain.steps:
-        step_cfg = chain.step_config(step)
-        outcomes.append(runner(chain.dataset(step), step_cfg))
-        records.append(update_record(outcomes[-1], step_cfg) | {"expected": step.expect})
+    progress = ChainProgress(len(chain.steps))
+    with phase_listener(progress):
+        for index, step in enumerate(chain.steps, 1):
+            step_cfg = chain.step_config(step)
+            progress.step = (index, step.domain or Path(step.demos).stem)
+            outcomes.append(runner(chain.dataset(step), step_cfg))
+            records.append(update_record(outcomes[-1], step_cfg) | {"expected": step.expect})
     names = [o.domain for o in outcomes]
     recorded = {s.name: s for s in recorded_domain_suites(home, cfg)}
     suites = [recorded[f"domain/{n}"] for n in names]

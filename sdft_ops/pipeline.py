@@ -15,8 +15,10 @@ another process (a Dagster asset). What it is scored on, and the score cache:
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,27 @@ from sdft_ops.update_state import (
     save_state,
     update_dir,
 )
+
+# (update_id, phase, wall seconds): told when train, evaluate or gate ends, in whichever process
+# or Dagster asset ran it (the demo prints a progress line from it).
+PhaseListener = Callable[[str, str, float], None]
+_listeners: list[PhaseListener] = []
+
+
+@contextlib.contextmanager
+def phase_listener(listener: PhaseListener) -> Iterator[None]:
+    """Call `listener` after every phase ended in this process while the block runs."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+def _phase_ended(update_id: str, phase: str, started: float) -> None:
+    for listener in list(_listeners):
+        listener(update_id, phase, time.perf_counter() - started)
+
 
 @dataclass
 class Trained:
@@ -136,6 +159,7 @@ def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Train
     from sdft_ops.replay import draw_replay, lineage_pool
     from sdft_ops.tracking import start_update_run
 
+    started = time.perf_counter()
     domain = _staged_domain(home, update_id, cfg)
     parent = registry.parent_for_update(cfg.model)
     replay = draw_replay(lineage_pool(registry, home, parent.version) if cfg.replay.fraction else [],
@@ -160,6 +184,7 @@ def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Train
                train_seconds=trained.seconds, train_peak_rss_gb=trained.peak_rss_gb,
                ceiling=trained.ceiling, method=trained.method,
                replay_ids=[d.id for d in replay])
+    _phase_ended(update_id, "train", started)
     return trained
 
 
@@ -167,17 +192,20 @@ def eval_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> tuple[
     """Step 3: score candidate and parent on every suite, register the candidate, log it all."""
     from sdft_ops.tracking import MlflowLogger, log_eval_report
 
+    started = time.perf_counter()
     state = load_state(home, update_id)
     domain, parent, model_dir = _staged_domain(home, update_id, cfg), state.need("parent"), state.need("model_dir")
     report = evaluate_candidate(Path(model_dir), f"update:{update_id}", parent,
                                 suites_for(cfg, home, domain), cfg, home, new_domain=domain.name)
+    seconds = time.perf_counter() - started
     report.save(update_dir(home, update_id) / "eval_report.json")
     version = state.version or registry.register_candidate(
         model_dir, parent_version=parent.version, dataset_hash=state.dataset_hash,
         method=state.need("method"), base_model=cfg.model.name_or_path, run_id=state.run_id,
         tags={TAG_MODEL_DIR: model_dir, TAG_UPDATE_ID: update_id, TAG_DOMAIN: domain.name})
     log_eval_report(MlflowLogger(state.run_id, registry.tracking_uri), report)
-    save_state(home, update_id, version=version)
+    save_state(home, update_id, version=version, eval_seconds=seconds)
+    _phase_ended(update_id, "evaluate", started)
     return report, version
 
 
@@ -199,6 +227,7 @@ def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,
     from sdft_ops.gate import RuleCheck
     from sdft_ops.tracking import MlflowLogger, log_eval_artifacts
 
+    started = time.perf_counter()
     state = load_state(home, update_id)
     decision = gate_decision(update_id, cfg, home, registry)
     if blocked:
@@ -221,6 +250,7 @@ def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,
     (folder / "gate_decision.md").write_text(decision.to_markdown())
     (folder / "gate_decision.json").write_text(decision.model_dump_json(indent=1))
     save_state(home, update_id, promoted=decision.promote, reasons=decision.reasons)
+    _phase_ended(update_id, "gate", started)
     return decision
 
 

@@ -54,6 +54,7 @@ class UpdateState(BaseModel):
     replay_ids: list[str] = []
     # eval
     version: str | None = None
+    eval_seconds: float | None = None  # the whole evaluation, wall clock (both models, cache reused)
     # gate
     promoted: bool | None = None
     reasons: list[str] = []

@@ -74,7 +74,7 @@ def test_good_update_promoted_damaging_update_blocked(tmp_path):
             assert isinstance(gating_sensor(ctx), dg.SkipReason)  # nothing new to gate
 
 
-def test_demo_chain_runs_through_the_dagster_job_with_each_steps_config(tmp_path):
+def test_demo_chain_runs_through_the_dagster_job_with_each_steps_config(tmp_path, capsys):
     """`make demo`'s runner: each step's own config reaches the assets (here the second step
     is the damaging one), the gate rejects it and the champion stays."""
     from assets.demo import dagster_runner
@@ -89,6 +89,9 @@ def test_demo_chain_runs_through_the_dagster_job_with_each_steps_config(tmp_path
         outcomes, records, _, _ = run_chain(dagster_runner(instance, base), chain, base.data_home())
         assert [(r["domain"], r["method"], r["promoted"]) for r in records] == [
             ("tooluse", "sdft", True), ("knowledge", "sft", False)]
+        # the assets run in this process: the demo's progress line for every phase
+        phases = [line.split()[2] for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+        assert phases == ["train", "evaluate", "gate"] * 2
         assert any("prior_retention" in reason for reason in outcomes[1].decision.reasons)
         runs = instance.get_runs()  # newest first; the blocking check fails the second run
         assert [r.is_success for r in reversed(runs)] == [True, False]

@@ -85,7 +85,7 @@ def test_earlier_domains_are_scored_at_later_updates(chain):
             == first.report.results["domain/tooluse"].scores)
 
 
-def test_demo_chain_summary_matrix_and_demo_json(tmp_path):
+def test_demo_chain_summary_matrix_and_demo_json(tmp_path, capsys):
     """A chain file like configs/demo_chain.yaml: two shipped domains, then a damaging update
     from a user demo file that the gate must reject; summary, matrix, lineage and demo.json."""
     import yaml
@@ -113,6 +113,17 @@ def test_demo_chain_summary_matrix_and_demo_json(tmp_path):
     assert matrix.values[3] == matrix.values[2]  # the rejected update did not change the model
     assert plot.is_file() and plot.stat().st_size > 0
     assert [r["recipe"] for r in records] == ["sdft-student", "sdft-student+replay", "sft"]
+    # one progress line per phase, in order, with an ETA once every phase has been measured
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [line.split()[:3] for line in progress] == [
+        [f"[{i}/3", f"{name}]", phase] for i, name in ((1, "tooluse"), (2, "triage"), (3, "notices"))
+        for phase in ("train", "evaluate", "gate")]
+    assert "ETA after the first update" in progress[0] and "left" in progress[2]
+    assert all(r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in records)
+    triage = outcomes[1].report
+    assert records[0]["earlier_domains"] == {} and records[1]["earlier_domains"] == {"tooluse": {
+        "before": triage.reference_results["domain/tooluse"].score,
+        "after": triage.results["domain/tooluse"].score}}
     out = tmp_path / "demo.json"
     code = finish(outcomes, records, matrix, plot, registry, started=0.0, demo_json=out)
     assert code == 0  # the damaging update was rejected, as the chain expects
@@ -127,11 +138,11 @@ def test_demo_chain_summary_matrix_and_demo_json(tmp_path):
     assert any("drift" in reason for reason in demo["updates"][2]["reasons"])
     assert set(demo["updates"][0]) >= {"domain", "method", "recipe", "promoted", "domain_score",
                                        "harmbench_retention", "benign_drop", "prior_retention",
-                                       "reasons"}
+                                       "reasons", "train_seconds", "eval_seconds", "earlier_domains"}
     text = "\n".join(summary_lines_of(outcomes, records, matrix, plot, registry))
     assert "version 1: PROMOTED" in text and "learned  tooluse" in text
     assert "version 3: REJECTED" in text and "champion lineage: v2 ← v1" in text
-    assert "accuracy-matrix plot" in text and "BWT" in text
+    assert "accuracy-matrix plot" in text and "BWT" in text and "evaluate" in text
     # a rushed update that got through would fail the demo
     records[2] = records[2] | {"promoted": True}
     assert finish(outcomes, records, matrix, plot, registry, started=0.0, demo_json=None) == 1
@@ -230,3 +241,19 @@ def test_checkpoints_of_another_parent_are_not_resumed(tmp_path):
     (ckpt / "step-000004").mkdir()
     (new_dir / "model.safetensors").write_bytes(b"changed")
     assert not (fresh_checkpoints(ckpt, new) / "step-000004").exists()
+
+
+def test_chain_progress_eta_is_the_mean_phase_time_times_the_phases_left():
+    from sdft_ops.demo import ChainProgress
+
+    lines = []
+    progress = ChainProgress(3, write=lines.append)
+    progress.step = (1, "safety")
+    for phase, seconds in (("train", 100.0), ("evaluate", 60.0), ("gate", 2.0)):
+        progress("u1", phase, seconds)
+    progress.step = (2, "tooluse")
+    progress("u2", "train", 400.0)  # train's mean is now 250 s; left: evaluate, gate + one update
+    assert lines[0].split()[:4] == ["[1/3", "safety]", "train", "100"]
+    assert lines[0].endswith("ETA after the first update") and lines[1].endswith("ETA after the first update")
+    assert lines[2].endswith("~0:05:24 left")  # 2 x (100 + 60 + 2) = 324 s after the first gate
+    assert lines[3].endswith("~0:06:14 left")  # 60 + 2 + (250 + 60 + 2) = 374 s
