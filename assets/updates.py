@@ -5,8 +5,9 @@ Each body calls one step of `sdft_ops.pipeline`; state between assets lives in t
 (`updates/<partition>/`), so nothing is pickled by an IO manager.
 """
 
-
+import base64
 import os
+from pathlib import Path
 
 import dagster as dg
 
@@ -63,6 +64,12 @@ def sdft_checkpoint(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource
     return dg.MaterializeResult(metadata=metadata)
 
 
+def png_markdown(path, title: str) -> str:
+    """A PNG as a markdown image with a data URI: the Dagster UI shows it inline, where a file
+    path would only be text."""
+    return f"![{title}](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})"
+
+
 @dg.asset(partitions_def=domain_updates, group_name="domain_update", deps=[sdft_checkpoint],
           kinds={"mlflow"}, pool="gpu",
           check_specs=[dg.AssetCheckSpec(name, asset="eval_results", blocking=True)
@@ -84,7 +91,8 @@ def eval_results(context: dg.AssetExecutionContext, sdft_ops: SdftOpsResource):
         "candidate_version": version, "retention": dg.MetadataValue.md(report.to_markdown()),
         "gate_preview": dg.MetadataValue.md(decision.to_markdown()),
         "mlflow_run": dg.MetadataValue.url(mlflow_run_url(sdft_ops, run_id)),
-        **({"retention_plot": dg.MetadataValue.path(str(plot))} if plot else {})})
+        **({"retention_plot": dg.MetadataValue.md(png_markdown(plot, "retention vs champion")),
+            "retention_plot_file": dg.MetadataValue.path(str(plot))} if plot else {})})
     for name in CHECK_GROUPS:
         checks = decision.group(name)
         failed = [c for c in checks if not c.passed]

@@ -1,5 +1,6 @@
 """The Dagster skin on a real temporary instance with tiny models and a real sqlite MLflow."""
 
+import base64
 import json
 import os
 import socket
@@ -50,6 +51,12 @@ def test_good_update_promoted_damaging_update_blocked(tmp_path):
         checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
         assert checks == {"prior_retention": True, "safety_retention": True, "domain_learning": True,
                           "warn_only_rules": True}
+        # the retention plot is in the metadata as an image (a data URI), not only as a path
+        (materialized,) = [e for e in first.get_asset_materialization_events()
+                           if e.asset_key == dg.AssetKey("eval_results")]
+        plot = materialized.materialization.metadata["retention_plot"].value
+        assert plot.startswith("![retention vs champion](data:image/png;base64,") and plot.endswith(")")
+        assert base64.b64decode(plot.split(",", 1)[1][:-1])[:8] == b"\x89PNG\r\n\x1a\n"
         with dg.build_sensor_context(instance=instance, resources={"sdft_ops": good}) as ctx:
             result = gating_sensor(ctx)
         (event,) = result.asset_events
