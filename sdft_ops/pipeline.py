@@ -188,6 +188,13 @@ def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Train
     return trained
 
 
+def lineage_description(update_id: str, domain: str, method: str, parent_version: str | None) -> str:
+    """A registered version's description: the lineage at a glance in the MLflow UI's version
+    list (the same facts are the version's tags)."""
+    parent = f"version {parent_version}" if parent_version else "the base model"
+    return f"update {update_id}: {method} on {domain}, trained from {parent}"
+
+
 def eval_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> tuple[EvalReport, str]:
     """Step 3: score candidate and parent on every suite, register the candidate, log it all."""
     from sdft_ops.tracking import MlflowLogger, log_eval_report
@@ -202,7 +209,8 @@ def eval_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> tuple[
     version = state.version or registry.register_candidate(
         model_dir, parent_version=parent.version, dataset_hash=state.dataset_hash,
         method=state.need("method"), base_model=cfg.model.name_or_path, run_id=state.run_id,
-        tags={TAG_MODEL_DIR: model_dir, TAG_UPDATE_ID: update_id, TAG_DOMAIN: domain.name})
+        tags={TAG_MODEL_DIR: model_dir, TAG_UPDATE_ID: update_id, TAG_DOMAIN: domain.name},
+        description=lineage_description(update_id, domain.name, state.need("method"), parent.version))
     log_eval_report(MlflowLogger(state.run_id, registry.tracking_uri), report)
     save_state(home, update_id, version=version, eval_seconds=seconds)
     _phase_ended(update_id, "evaluate", started)

@@ -41,6 +41,10 @@ def test_good_update_promoted_damaging_update_rejected(chain, home):
     assert load_state(home, "u2").parent.version == "1"
     run = registry.client.get_run(second.run_id)
     assert run.data.tags["sdft_ops.chain"].split("/") == [first.run_id, second.run_id]
+    # the lineage at a glance in the MLflow UI's version list
+    versions = {v: registry.client.get_model_version(registry.name, v) for v in ("1", "2")}
+    assert versions["1"].description == "update u1: sdft on tooluse, trained from the base model"
+    assert versions["2"].description == "update u2: sft on knowledge, trained from version 1"
     assert "train/loss" in run.data.metrics and "eval/drift/retention" in run.data.metrics
     decision = json.loads((update_dir(home, "u2") / "gate_decision.json").read_text())
     assert decision["promote"] is False
