@@ -253,8 +253,9 @@ def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, 
     seeded evaluation order, `block` items per look, until the test settles
     (`evaluation.sequential`); every other suite is scored whole. Both models' per-item scores
     are cached, so a champion is scored on an item once. With `eval.stop_at_first_reject`, a
-    test that settles a drop ends the evaluation (the tests of required suites run first): the
-    report holds the suites scored so far and says why (`EvalReport.stopped_early`). The tests
+    test that settles a drop ends the evaluation (the tests of required suites run first, their
+    looks side by side): the report holds the suites scored so far and says why
+    (`EvalReport.stopped_early`). The tests
     are those that judge an update teaching `new_domain` (`GatePolicy.sequential_for`: an
     alignment update's safety suites are scored whole, not tested for a drop)."""
     from sdft_ops.evaluation.sequential import evaluation_order, order_key, sprt
@@ -265,31 +266,48 @@ def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, 
     sequential = {name: [s for s in suites if s.name in test.suites and _item_ids(s)]
                   for name, test in tests_for_update.items()}
     required = {n for n, members in sequential.items() if any(s.name in cfg.gate.required_suites for s in members)}
-    tests = sorted(sequential, key=lambda n: n not in required)  # required suites (safety) first
+    # the tests of required suites (safety) first, side by side; then the others
+    groups = ([n for n in sequential if n in required], [n for n in sequential if n not in required])
     pooled = {s.name for members in sequential.values() for s in members}
-    candidate, reference, stopped = {}, {}, None
-    for name in tests:
-        members, test = sequential[name], tests_for_update[name]
-        if stopped and name not in required:  # every required suite is still scored
-            break
-        if not members:
-            continue
-        order = {s.name: evaluation_order(_item_ids(s), order_key(cfg.eval.seed, s.name)) for s in members}
-        look = 0
-        while True:
-            look += 1
-            n = min(look * test.block, test.max_items)
-            want = {k: v[:n] for k, v in order.items()}
+    def lockstep(names: Sequence[str]):
+        """These tests' looks side by side: each round scores the next block of every unsettled
+        test in one call (so their generating suites share one decode); a test leaves once it
+        settles or reaches its cap. Yields (name, outcome, candidate results, reference results)."""
+        order = {name: {s.name: evaluation_order(_item_ids(s), order_key(cfg.eval.seed, s.name))
+                        for s in sequential[name]} for name in names}
+        looks = dict.fromkeys(names, 0)
+        active = [name for name in names if sequential[name]]
+        while active:
+            want: dict[str, list[str]] = {}
+            for name in active:
+                looks[name] += 1
+                n = min(looks[name] * tests_for_update[name].block, tests_for_update[name].max_items)
+                want |= {suite: ids[:n] for suite, ids in order[name].items()}  # a suite is in one test
+            members = [s for name in active for s in sequential[name]]
             c, r = cand.results(members, want), ref.results(members, want)
-            outcome = sprt(name, test, c, r, seed=cfg.eval.seed)
-            if outcome.settled != "unsettled" or n >= max(min(test.max_items, len(v)) for v in order.values()):
-                break
-        log.info("%s: %s", name, outcome.note())
-        candidate |= c
-        reference |= r
-        if outcome.settled == "drop" and cfg.eval.stop_at_first_reject and not stopped:
-            stopped = f"{name}: {outcome.note()}"
-            log.info("stopping the evaluation: %s settled a drop, so the candidate is rejected", name)
+            still = []
+            for name in active:
+                test = tests_for_update[name]
+                n = min(looks[name] * test.block, test.max_items)
+                ci, ri = ({k: results[k] for k in order[name]} for results in (c, r))
+                outcome = sprt(name, test, ci, ri, seed=cfg.eval.seed)
+                if outcome.settled != "unsettled" or n >= max(min(test.max_items, len(v)) for v in order[name].values()):
+                    yield name, outcome, ci, ri
+                else:
+                    still.append(name)
+            active = still
+
+    candidate, reference, stopped = {}, {}, None
+    for group in groups:
+        if stopped and group is groups[1]:  # every required suite is still scored
+            break
+        for name, outcome, c, r in lockstep(group):
+            log.info("%s: %s", name, outcome.note())
+            candidate |= c
+            reference |= r
+            if outcome.settled == "drop" and cfg.eval.stop_at_first_reject and not stopped:
+                stopped = f"{name}: {outcome.note()}"
+                log.info("stopping the evaluation: %s settled a drop, so the candidate is rejected", name)
     whole = [s for s in suites if s.name not in pooled and (not stopped or s.name in cfg.gate.required_suites)]
     if whole:
         candidate |= cand.results(whole)
