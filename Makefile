@@ -12,7 +12,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test dev validate bench bench-all clean prod-up prod-down
+.PHONY: install demo demo-full test dev validate bench bench-all clean prod-up prod-down
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m assets.demo configs/demo_chain.yaml
+
+demo-full: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m assets.demo configs/demo_chain_full.yaml
 
 test: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/pytest -q

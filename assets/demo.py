@@ -1,9 +1,10 @@
-"""`make demo`: the chain of `configs/demo_chain.yaml` through the Dagster job, in process, on
-the instance in $DAGSTER_HOME — so `make dev` shows the same runs, checks and promotions after.
+"""`make demo` (`make demo-full`): the chain of `configs/demo_chain.yaml` (`_full.yaml`) through the
+Dagster job, in process, on the instance in $DAGSTER_HOME — so `make dev` shows the same runs,
+checks and promotions after.
 
 Each update: add its partition, materialize demo_dataset → sdft_checkpoint → eval_results (with
 the blocking checks) with that step's config, then gate it exactly as the gating sensor does.
-Prints the chain summary and writes benchmarks/results/demo.json.
+Prints the chain summary and writes the chain's `results` (benchmarks/results/demo.json).
 """
 
 import sys
@@ -51,7 +52,7 @@ def main(chain_path: str = "configs/demo_chain.yaml") -> int:
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         result = run_chain(dagster_runner(instance, sdft_ops), chain, sdft_ops.data_home())
-    code = finish(*result, sdft_ops.registry(), started)
+    code = finish(*result, sdft_ops.registry(), started, chain.results_path())
     print("then: make dev → http://127.0.0.1:3000 shows these runs")
     return code
 

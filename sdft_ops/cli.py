@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("demo", _cmd_demo, "the main job: safety, three domain updates and a rushed one, gated")
+    p = add("demo", _cmd_demo, "the main job: safety, two domain updates and a rushed one, gated")
     p.add_argument("--chain", default=None, help="demo chain YAML (default configs/demo_chain.yaml)")
     p = add("update", _cmd_update, "train, evaluate, gate, register and maybe promote one update")
     p.add_argument("demos", help="demonstrations JSONL")

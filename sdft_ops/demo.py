@@ -1,9 +1,10 @@
 """The main job: a chain of gated updates (`configs/demo_chain.yaml`), then a summary, the
 accuracy matrix and `benchmarks/results/demo.json`.
 
-The shipped chain: base → `safety` (the aligned champion) → `tooluse` → `knowledge` → `triage`
-with the chosen recipe → a *rushed* update (plain SFT on a new demo file, no replay, the setting
-measured to erase refusals) that the gate must reject on its safety rule.
+The shipped chain: base → `safety` (the aligned champion) → `tooluse` → `triage` with the chosen
+recipe → a *rushed* update (plain SFT on a new demo file, no replay, the setting measured to
+erase refusals) that the gate must reject on its safety rule. `configs/demo_chain_full.yaml`
+adds `knowledge` (`make demo-full`).
 
 `run_chain` drives the steps through any `runner(dataset, cfg) -> UpdateOutcome`: the library's
 `run_update` (`sdft-ops demo`) or the Dagster job (`python -m assets.demo`, what `make demo`
@@ -61,6 +62,8 @@ class DemoChain(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     config: str = "demo.yaml"
+    results: str | None = Field(None, description="where the run's summary JSON goes, relative to "
+                                "the chain file (default benchmarks/results/demo.json)")
     steps: tuple[DemoStep, ...] = Field(min_length=1)
     folder: Path = Field(ROOT / "configs", exclude=True)
 
@@ -72,6 +75,9 @@ class DemoChain(BaseModel):
             return cls.model_validate({**raw, "folder": path.resolve().parent})
         except (OSError, yaml.YAMLError, ValidationError, TypeError) as e:
             raise ValueError(f"invalid demo chain {path}: {' '.join(str(e).split())}") from e
+
+    def results_path(self) -> Path:
+        return (self.folder / self.results).resolve() if self.results else DEMO_JSON
 
     def base_config(self) -> UpdateConfig:
         return UpdateConfig.from_yaml(self.folder / self.config)
@@ -270,7 +276,7 @@ def log_summary_run(registry, lines: list[str], plot: Path, demo_json: Path | No
 
 
 def run_demo(chain_path: str | Path | None = None, home: str | Path | None = None,
-             demo_json: Path | None = DEMO_JSON) -> int:
+             demo_json: Path | None = None) -> int:
     """`sdft-ops demo`: the chain through the library's `run_update`."""
     from sdft_ops.pipeline import run_update
     from sdft_ops.registry import PolicyRegistry
@@ -279,4 +285,4 @@ def run_demo(chain_path: str | Path | None = None, home: str | Path | None = Non
     registry = PolicyRegistry.from_config(chain.base_config(), home)
     started = time.perf_counter()
     result = run_chain(lambda ds, cfg: run_update(ds, cfg, home=home, registry=registry), chain, home)
-    return finish(*result, registry, started, demo_json)
+    return finish(*result, registry, started, demo_json or chain.results_path())

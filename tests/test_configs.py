@@ -7,7 +7,7 @@ import pytest
 from sdft_ops.settings import UpdateConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-NOT_UPDATE_CONFIGS = {"gate.yaml", "demo_chain.yaml"}  # a GatePolicy and a DemoChain
+NOT_UPDATE_CONFIGS = {"gate.yaml", "demo_chain.yaml", "demo_chain_full.yaml"}  # a GatePolicy, DemoChains
 DOMAIN_UPDATES = ("tooluse", "knowledge", "triage")  # the chain steps trained with demo.yaml's recipe
 
 
@@ -33,12 +33,18 @@ def test_the_7b_fsdp_recipe_is_what_docs_scaling_computes():
     assert cfg.train.max_new_tokens == 64
 
 
-def test_every_step_of_the_shipped_demo_chain_builds_its_config():
+@pytest.mark.parametrize("name, domains, results", [
+    ("demo_chain.yaml", ["safety", "tooluse", "triage", None], "demo.json"),
+    ("demo_chain_full.yaml", ["safety", "tooluse", "knowledge", "triage", None], "demo_full.json")])
+def test_every_step_of_the_shipped_demo_chains_builds_its_config(name, domains, results):
     from sdft_ops.demo import DemoChain, recipe_name
 
-    chain = DemoChain.from_yaml(CONFIGS / "demo_chain.yaml")
+    chain = DemoChain.from_yaml(CONFIGS / name)
+    assert [step.domain for step in chain.steps] == domains  # make demo: no knowledge (nothing learns it)
+    assert chain.results_path() == CONFIGS.parent / "benchmarks" / "results" / results
     configs = [chain.step_config(step) for step in chain.steps]  # raises on an invalid merge
     rushed = [c for c, s in zip(configs, chain.steps, strict=True) if s.expect == "reject"]
     assert [recipe_name(c) for c in rushed] == ["sft"]  # plain SFT, no replay: what erased refusals
     domain_updates = [c for c, s in zip(configs, chain.steps, strict=True) if s.domain in DOMAIN_UPDATES]
-    assert [recipe_name(c) for c in domain_updates] == ["sdft-teacher+filter+anchor+replay"] * 3  # recipes.json's choice
+    assert [recipe_name(c) for c in domain_updates] == (  # recipes.json's choice
+        ["sdft-teacher+filter+anchor+replay"] * (len(domains) - 2))
