@@ -74,6 +74,33 @@ def test_score_continuations_matches_direct_logits(tiny, batch_size):
         assert len(result.greedy) == len(cont)
 
 
+def test_contexts_sharing_a_prefix_run_it_once_and_score_as_alone(tiny):
+    """Chat-templated contexts (drift's) share the template's prefix: it runs once, first, and
+    every continuation scores as it does alone (one request: no shared prefix, the plain path)."""
+    from sdft_ops.engine.prefill import MIN_SHARED_PREFIX, shared_prefix
+
+    model, tok = tiny
+    pairs = [("hi", " hello there"), ("What is the capital of France?", " Paris"),
+             ("Name three colours, please.", " red, green and blue"), ("x", " y z")]
+    system = {"role": "system", "content": "You are a careful assistant who answers briefly."}
+    requests = [(encode_chat(tok, [system, {"role": "user", "content": q}]),
+                 tok(a, add_special_tokens=False)["input_ids"]) for q, a in pairs]
+    prefix = shared_prefix([c for c, _ in requests])
+    assert prefix >= MIN_SHARED_PREFIX
+    shapes = []
+    hook = model.register_forward_hook(lambda m, a, k, out: shapes.append(tuple(k["input_ids"].shape)),
+                                       with_kwargs=True)
+    try:
+        together = score_continuations(model, requests, 3, tok.pad_token_id)
+    finally:
+        hook.remove()
+    assert shapes[0] == (1, prefix)  # the shared prefix, once
+    for request, result in zip(requests, together):
+        alone = score_continuations(model, [request], 1, tok.pad_token_id)[0]
+        torch.testing.assert_close(torch.tensor(result.logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=1e-5)
+        assert result.greedy == alone.greedy
+
+
 def test_single_token_continuations_share_one_forward(tiny):
     model, tok = tiny
     ctx = tok("Question: 1+1?\nAnswer:", add_special_tokens=False)["input_ids"]

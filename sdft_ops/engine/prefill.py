@@ -78,6 +78,26 @@ def length_groups(lengths: Sequence[int], call_cost: int = CALL_COST_TOKENS) -> 
     return groups[::-1]
 
 
+def prefix_cache(model, tokens: Sequence[int]):
+    """The KV cache of `tokens` run once (one row), as [(keys, values)] per layer, or None where
+    the model's cache is not made of plain layers."""
+    if not _plain_layers(model):
+        return None
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
+    out = model(input_ids=ids, position_ids=torch.arange(len(tokens), device=device)[None],
+                use_cache=True, logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in out.cache.layers]
+
+
+def repeated(head, rows: int):
+    """A fresh cache holding `head` (a prefix_cache) once per row (views, no copies)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                        for k, v in head])
+
+
 def _plain_layers(model) -> bool:
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
@@ -94,12 +114,7 @@ def grouped_prefill(model, prompts: Sequence[Sequence[int]], prefix: int, pad_id
     if not _plain_layers(model):
         return None
     device = next(model.parameters()).device
-    head = None
-    if prefix:
-        ids = torch.tensor([list(prompts[0][:prefix])], dtype=torch.long, device=device)
-        out = model(input_ids=ids, position_ids=torch.arange(prefix, device=device)[None],
-                    use_cache=True, logits_to_keep=1)
-        head = [(layer.keys, layer.values) for layer in out.cache.layers]
+    head = prefix_cache(model, prompts[0][:prefix]) if prefix else None
     own = [list(p[prefix:]) for p in prompts]
     widest = max(map(len, own))
     attn = torch.zeros(len(prompts), prefix + widest, dtype=torch.long, device=device)
@@ -109,9 +124,7 @@ def grouped_prefill(model, prompts: Sequence[Sequence[int]], prefix: int, pad_id
         rows = torch.tensor(group, device=device)
         ids, mask = left_pad([own[i] for i in group], pad_id, device)  # (G, w)
         group_attn = torch.cat([mask.new_ones(len(group), prefix), mask], dim=1)
-        cache = None if head is None else DynamicCache(
-            ddp_cache_data=[(k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1))
-                            for k, v in head])
+        cache = None if head is None else repeated(head, len(group))
         out = model(input_ids=ids, attention_mask=group_attn,
                     position_ids=position_ids(group_attn)[:, prefix:], cache=cache, use_cache=True,
                     logits_to_keep=1)

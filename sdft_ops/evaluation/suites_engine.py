@@ -16,7 +16,9 @@ Batching, two stages per chunk of requests, both right-padded:
   2. each continuation minus its last token, (R, Lq), on top of its context's cache rows
      (`batch_select_indices` repeats them), positions continuing from the context's length and
      the context's padding masked out. Skipped when every continuation is one token (MMLU).
-Scores equal one-request-at-a-time scoring up to float rounding (tested).
+A prefix every context shares (a chat template's system prompt: drift's contexts) runs once, its
+KV cache under every chunk's contexts. Scores equal one-request-at-a-time scoring up to float
+rounding (tested).
 
 Generation: `sdft_ops.engine.sampling.greedy_generate`, the engine's own decoder (one stop rule
 for training rollouts, the teacher ceiling, every suite and the CLI).
@@ -27,6 +29,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
+
+from sdft_ops.engine.prefill import MIN_SHARED_PREFIX, prefix_cache, repeated, shared_prefix
 
 if TYPE_CHECKING:
     import torch
@@ -174,18 +178,24 @@ def score_continuations(
     results: list[TokenScores | None] = [None] * len(requests)
     device = model.device
     with torch.inference_mode():
+        prefix = shared_prefix([context for context, _ in groups])
+        head = prefix_cache(model, groups[0][0][:prefix]) if prefix >= MIN_SHARED_PREFIX else None
         for chunk in _chunks(groups, batch_size):
-            _score_chunk(model, chunk, requests, results, pad_token_id, device)
+            _score_chunk(model, chunk, requests, results, pad_token_id, device, head, prefix if head else 0)
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
 
 
-def _score_chunk(model, chunk, requests, results, pad_token_id, device) -> None:
+def _score_chunk(model, chunk, requests, results, pad_token_id, device, head=None, prefix=0) -> None:
+    """One chunk's two stages. `head`: the KV cache of the `prefix` tokens every context shares
+    (run once for all chunks); each context's own tokens then run on top of it."""
     import torch
 
-    contexts = [context for context, _ in chunk]
-    context_lengths = torch.tensor([len(c) for c in contexts], device=device)  # (G,)
+    contexts = [context[prefix:] for context, _ in chunk]
+    context_lengths = torch.tensor([prefix + len(c) for c in contexts], device=device)  # (G,)
     ids, mask = _right_pad(contexts, pad_token_id, device)  # (G, Lc)
+    if head is not None:
+        mask = torch.cat([mask.new_ones(len(contexts), prefix), mask], dim=1)  # (G, P + Lc)
     last = sorted({len(c) - 1 for c in contexts})
     column_of = {position: column for column, position in enumerate(last)}
     rows = [(g, index) for g, (_, indices) in enumerate(chunk) for index in indices]
@@ -193,9 +203,10 @@ def _score_chunk(model, chunk, requests, results, pad_token_id, device) -> None:
     out = model(
         input_ids=ids,
         attention_mask=mask,
-        position_ids=torch.arange(ids.shape[1], device=device).expand_as(ids),
-        use_cache=needs_stage_two,
+        position_ids=prefix + torch.arange(ids.shape[1], device=device).expand_as(ids),
+        use_cache=needs_stage_two or head is not None,
         logits_to_keep=torch.tensor(last, device=device),
+        **({_cache_argument(model): repeated(head, len(contexts))} if head is not None else {}),
     )
     columns = torch.tensor([column_of[len(contexts[g]) - 1] for g, _ in rows], device=device)
     groups = torch.tensor([g for g, _ in rows], device=device)
