@@ -19,6 +19,11 @@ from assets.sensors import gate_partition, partition_key_for
 from assets.updates import demo_dataset, eval_results, sdft_checkpoint
 
 
+# The demo prints its own progress lines; Dagster's per-step DEBUG events stay in the run's log
+# (the UI), only warnings and errors reach the terminal.
+QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 def dagster_runner(instance: dg.DagsterInstance, base: SdftOpsResource):
     """runner(dataset, cfg) -> UpdateOutcome, through the Dagster assets and the gate; the step's
     config reaches the assets as the resource's launchpad overrides."""
@@ -33,7 +38,7 @@ def dagster_runner(instance: dg.DagsterInstance, base: SdftOpsResource):
         instance.add_dynamic_partitions(domain_updates.name, [key])
         result = dg.materialize([demo_dataset, sdft_checkpoint, eval_results], partition_key=key,
                                 instance=instance, resources={"sdft_ops": sdft_ops},
-                                raise_on_error=False)
+                                run_config=QUIET_RUN, raise_on_error=False)
         if not result.success and not result.get_asset_check_evaluations():
             raise RuntimeError(f"update {key} failed; see the run in the Dagster UI")
         event = gate_partition(instance, key, result.run_id, sdft_ops)

@@ -14,6 +14,7 @@ runs), so both print the same summary from the same records.
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -210,8 +211,11 @@ def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
     from sdft_ops.evaluation.battery import recorded_domain_suites, suites_for
     from sdft_ops.update_state import update_dir
 
+    import mlflow  # noqa: F401  it sets its logger to INFO on import: quiet it after
+
     from sdft_ops.pipeline import phase_listener
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # a person reads the progress lines
     home, cfg = data_home(home), chain.base_config()
     outcomes, records = [], []
     progress = ChainProgress(len(chain.steps))

@@ -118,7 +118,9 @@ def test_demo_chain_summary_matrix_and_demo_json(tmp_path, capsys):
     assert plot.is_file() and plot.stat().st_size > 0
     assert [r["recipe"] for r in records] == ["sdft-student", "sdft-student+replay", "sft"]
     # one progress line per phase, in order, with an ETA once every phase has been measured
-    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    printed = capsys.readouterr()
+    progress = [line for line in printed.out.splitlines() if line.startswith("[")]
+    assert not [line for line in (printed.out + printed.err).splitlines() if " INFO " in line]
     assert [line.split()[:3] for line in progress] == [
         [f"[{i}/3", f"{name}]", phase] for i, name in ((1, "tooluse"), (2, "triage"), (3, "notices"))
         for phase in ("train", "evaluate", "gate")]
