@@ -66,6 +66,12 @@ class ModelSpec(BaseModel):
     dtype: Dtype = "float32"
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps ...")
     lora: LoraSpec | None = None
+    train_layers: int | None = Field(
+        None, ge=1,
+        description="train only the top N transformer blocks and the final norm; the embeddings "
+        "(and a tied LM head) and the blocks below stay frozen, so the backward stops at block "
+        "N from the top and they carry no gradients or optimizer state; null: every weight",
+    )
 
     @model_validator(mode="after")
     def _builtin_has_no_gguf(self) -> "ModelSpec":
@@ -73,6 +79,9 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"'{DEFAULT_MODEL}' is built in and brings its own GGUF file; drop gguf_file"
             )
+        if self.lora is not None and self.train_layers is not None:
+            raise ValueError("lora and train_layers are two ways to train part of the model; "
+                             "set one of them")
         return self
 
 
@@ -205,6 +214,8 @@ def load_model(
     tokenizer = load_tokenizer(path)
     if spec.lora is not None:
         model = add_lora(model, spec.lora)
+    if spec.train_layers is not None:
+        freeze_below_top(model, spec.train_layers)
     return model, tokenizer
 
 
@@ -218,6 +229,35 @@ def process_device(device: str) -> str:
 def load_model_at(model_dir: str, spec: ModelSpec):
     """(model, tokenizer) of a trained model folder (or hub id), with `spec`'s dtype and device."""
     return load_model(spec.model_copy(update={"name_or_path": model_dir, "gguf_file": None}))
+
+
+def transformer_blocks(model: "torch.nn.Module") -> "torch.nn.ModuleList":
+    """The model's stack of transformer blocks: the ModuleList as long as its layer count."""
+    import torch
+
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"{type(model).__name__}: no list of {count} transformer blocks found; "
+                     "train_layers needs a model with one stack of blocks (config.num_hidden_layers)")
+
+
+def freeze_below_top(model: "PreTrainedModel", n: int) -> None:
+    """Train only the top `n` blocks and what the model registers after the stack (the final
+    norm, an untied LM head); the embeddings (a tied head with them) and the blocks below freeze."""
+    blocks = transformer_blocks(model)
+    if n > len(blocks):
+        raise ValueError(f"train_layers {n} > the model's {len(blocks)} transformer blocks")
+    trainable, after = {id(p) for block in blocks[len(blocks) - n:] for p in block.parameters()}, False
+    frozen = {id(p) for block in blocks[: len(blocks) - n] for p in block.parameters()}
+    frozen |= {id(p) for p in model.get_input_embeddings().parameters()}
+    for module in model.modules():  # registration order: embeddings, blocks, final norm, head
+        after = after or module is blocks
+        if after and module is not blocks:
+            trainable |= {id(p) for p in module.parameters(recurse=False)} - frozen
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
 
 
 def add_lora(model: "PreTrainedModel", lora: LoraSpec) -> "PreTrainedModel":

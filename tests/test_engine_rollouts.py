@@ -231,6 +231,33 @@ def test_an_example_learned_as_its_demonstration_is_never_rolled_out(monkeypatch
     result = train(model, tok, [*_demos(4), long], capped, progress=False, demonstration_ids={"long"})
     assert result.max_new_tokens == max(len(e.target) for e in examples)
 
+def test_demonstration_rows_learned_by_nll_leave_the_rollouts_scored_by_their_decode():
+    """`demonstration_loss: nll`: a replaced rollout and a replayed demonstration (here longer
+    than any decode) are learned by their NLL, exactly SFT on them; the kept rollouts by the KL
+    to their own decode's logits, as alone; and the teacher runs no scoring pass."""
+    cfg = SDFTConfig(rollout="teacher", rollout_filter="scorer", demonstration_loss="nll",
+                     skip_first_tokens=0, **FAST)
+    model, tok = build_tiny()
+    long = Demonstration(id="long", prompt="Say it all.", demonstration="word " * 20, domain="math")
+    examples = prepare_examples([*_demos(3), long], tok, cfg, demonstration_ids={"long"})
+    assert len(examples[3].target) > cfg.max_new_tokens
+    teacher = Teacher(model, "frozen", 0.02)
+    seeds = [row_seed(cfg.seed, e.id, q) for q, e in enumerate(examples)]
+    eos, pad = (tok.eos_token_id,), tok.pad_token_id
+    check = lambda ids, e: e.id != "d1"  # noqa: E731  rejects d1's rollout
+    forwards = []
+    hook = teacher.model.register_forward_hook(lambda m, a, k, out: forwards.append(k["input_ids"].shape),
+                                               with_kwargs=True)
+    loss, stats = sdft_step(model, teacher, examples, seeds, [True] * 4, cfg, eos, pad, check=check)
+    hook.remove()
+    assert _prompt_pass_then_one_token_calls(forwards) and stats["replaced"] == 1
+    kept = cfg.model_copy(update={"rollout_filter": "none"})
+    rollouts, _ = sdft_step(model, teacher, [examples[0], examples[2]], [seeds[0], seeds[2]], [True] * 2,
+                            kept, eos, pad)
+    demonstrations, _ = sft_step(model, [examples[1], examples[3]], cfg, pad)
+    torch.testing.assert_close(loss, rollouts + demonstrations, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("rollout", [
     {"rollout": "teacher", "teacher_temperature": 0.5},
     {"rollout": "mixed", "student_fraction": 0.5, "student_fraction_ramp": True, "sft_weight": 1.0},
@@ -256,8 +283,10 @@ def test_killed_and_resumed_run_ends_with_the_same_weights_for_every_source(tmp_
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("rollout_filter", ["none", "scorer"])
-def test_steps_per_generation_decodes_ahead_and_trains_as_per_step_decoding(monkeypatch, rollout_filter):
+@pytest.mark.parametrize("rollout_filter,demonstration_loss",
+                         [("none", "divergence"), ("scorer", "divergence"), ("scorer", "nll")])
+def test_steps_per_generation_decodes_ahead_and_trains_as_per_step_decoding(monkeypatch, rollout_filter,
+                                                                             demonstration_loss):
     """`steps_per_generation: 3`: one decode serves 3 steps. Teacher rollouts from a frozen
     teacher do not depend on when they are decoded, so the run ends where per-step decoding
     ends (rows sampled with their own seeds), with the filter's replacements counted per step."""
@@ -270,7 +299,7 @@ def test_steps_per_generation_decodes_ahead_and_trains_as_per_step_decoding(monk
         model, tok = build_tiny()
         calls.clear()
         cfg = SDFTConfig(rollout="teacher", teacher="frozen", rollout_filter=rollout_filter, max_steps=6,
-                         steps_per_generation=k, **FAST)
+                         steps_per_generation=k, demonstration_loss=demonstration_loss, **FAST)
         result = train(model, tok, _demos(), cfg, progress=False, rollout_check=check)
         runs[k] = (model, result, list(calls))
     assert runs[1][2] == [4] * 6 and runs[3][2] == [12, 12]

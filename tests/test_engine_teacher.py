@@ -64,3 +64,25 @@ def test_lora_ema_equals_dense_ema_of_effective_weights(tiny):
     factor = ema_a[f"{prefix}.lora_B.default.weight"] @ ema_a[f"{prefix}.lora_A.default.weight"]
     base_w = dict(base.named_parameters())[name]
     assert (base_w + 2.0 * factor - dense[name]).abs().max() > 1e-4
+
+
+def test_a_copied_teacher_shares_the_frozen_blocks_and_averages_the_trained_ones(tiny):
+    from sdft_ops.models import freeze_below_top
+
+    model, _ = tiny
+    freeze_below_top(model, 1)
+    teacher = Teacher(model, "ema", ema_rate=0.5)
+    student = dict(model.named_parameters())
+    for name, value in teacher.model.named_parameters():  # shared: no second copy in memory
+        assert (value is student[name]) == (not student[name].requires_grad)
+    unshared = Teacher(model, "ema", ema_rate=0.5, share_frozen=False)  # FSDP shards it apart
+    assert all(v is not student[n] for n, v in unshared.model.named_parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(2.0)
+    before = {n: p.clone() for n, p in teacher.model.named_parameters()}
+    teacher.update(model)
+    for name, value in teacher.model.named_parameters():
+        expected = (before[name] + student[name]) / 2 if student[name].requires_grad else before[name]
+        torch.testing.assert_close(value, expected)

@@ -113,6 +113,18 @@ def test_sdft_trains_student_not_teacher_with_finite_loss():
     assert all(p.grad is None or p.requires_grad for p in model.parameters())
 
 
+def test_with_train_layers_only_the_top_blocks_move():
+    from sdft_ops.models import freeze_below_top
+
+    model, tok = build_tiny()
+    freeze_below_top(model, 1)
+    before = _weights(model)
+    cfg = SDFTConfig(max_steps=2, learning_rate=1e-3, rollout="teacher", steps_per_generation=2, **FAST)
+    train(model, tok, _demos(), cfg, progress=False)
+    for name, p in model.named_parameters():
+        assert torch.equal(before[name], p) != p.requires_grad, name
+
+
 @pytest.mark.parametrize("method", ["sdft", "sft"])
 def test_gradient_checkpointing_trains_to_the_same_weights(method):
     cfg = SDFTConfig(method=method, max_steps=2, learning_rate=1e-3, **FAST)

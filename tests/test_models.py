@@ -81,3 +81,31 @@ def test_a_misspelt_hub_id_fails_at_once_offline_by_default():
     with pytest.raises(OSError, match="Offline by default"):
         load_model(ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruktt"))
     assert time.monotonic() - started < 15  # correctness bound: hub retries took ~55 s
+
+
+def test_train_layers_trains_only_the_top_blocks_and_what_follows(tiny, tmp_path):
+    model, tokenizer = tiny  # 2 blocks, untied head
+    model.save_pretrained(tmp_path / "m", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "m")
+    loaded, _ = load_model(ModelSpec(name_or_path=str(tmp_path / "m"), train_layers=1))
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in loaded.named_parameters()
+                         if n.startswith(("model.layers.1.", "model.norm.", "lm_head."))}
+    with pytest.raises(ValueError, match="train_layers 3 > the model's 2"):
+        load_model(ModelSpec(name_or_path=str(tmp_path / "m"), train_layers=3))
+    with pytest.raises(ValidationError, match="set one of them"):
+        ModelSpec(train_layers=2, lora=LoraSpec())
+
+
+def test_train_layers_keeps_a_tied_head_frozen_with_the_embeddings():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=3, num_attention_heads=2,
+                                         num_key_value_heads=1, tie_word_embeddings=True))
+    models.freeze_below_top(model, 2)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert not model.lm_head.weight.requires_grad
+    assert {n.split(".")[2] for n, p in model.named_parameters()
+            if p.requires_grad and n.startswith("model.layers.")} == {"1", "2"}
+    assert model.model.norm.weight.requires_grad

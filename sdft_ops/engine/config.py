@@ -107,6 +107,12 @@ class SDFTConfig(BaseModel):
     teacher_rollout_loss: Literal["divergence", "nll"] = Field(
         "divergence", description="loss on a teacher rollout: the configured divergence against "
         "the teacher's distribution, or the NLL of the sampled tokens")
+    demonstration_loss: Literal["divergence", "nll"] = Field(
+        "divergence", description="loss on a row whose completion is a demonstration (a teacher "
+        "rollout the filter replaced, a replayed example learned as its demonstration): the "
+        "divergence against the teacher's scores of it (a teacher forward), or its NLL (SFT on "
+        "that row; under `rollout: teacher` the rollouts then keep their decode's logits as the "
+        "teacher's scores, so the step runs no teacher forward)")
     rollout_filter: Literal["none", "scorer"] = Field(
         "none", description="scorer: a teacher rollout the domain's scorer rejects against its "
         "demonstration is replaced by the demonstration (Yang et al. 2024); train() needs "

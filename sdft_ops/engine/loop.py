@@ -14,7 +14,9 @@ Algorithm (one optimizer step, `sdft_step`):
   4. per-token divergence (default forward KL(teacher‖student), full vocabulary) over the
      completion after its first `skip_first_tokens` tokens, padding and post-EOS masked; mean
      per sequence, then over the global batch;
-     `teacher_rollout_loss: nll` uses the NLL of the sampled tokens on teacher rollouts instead;
+     `teacher_rollout_loss: nll` uses the NLL of the sampled tokens on teacher rollouts instead,
+     `demonstration_loss: nll` the NLL on rows that hold a demonstration (the filter replaced the
+     rollout, or replay learns it as such) — SFT on those rows, GKD's λ per row;
      `sft_weight` > 0 adds that weight × the demonstration's NLL (an SFT anchor), and
      `preference_weight` > 0 ORPO's odds-ratio term where a demonstration has a rejected answer;
   5. backward, clip (1.0), AdamW + warmup/cosine step, then the teacher update (EMA, rate 0.02).
@@ -109,25 +111,35 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
                                          eos_ids, pad_id, check)                # per row: student or teacher
     completion = rollout.ids                                                   # (B, T)
     mask = completion_mask(completion, eos_ids, cfg.skip_first_tokens)
-    # teacher rows under `teacher_rollout_loss: nll` learn the sampled tokens: no teacher scores
-    nll_only = cfg.teacher_rollout_loss == "nll" and bool(rollout.from_teacher.all())
+    nll_rows = torch.zeros_like(rollout.finished)  # rows learned by the NLL of their tokens
+    if cfg.teacher_rollout_loss == "nll":  # the teacher's sampled tokens (and demonstrations)
+        nll_rows |= rollout.from_teacher
+    if cfg.demonstration_loss == "nll":  # a replaced or replayed demonstration: SFT on it
+        nll_rows |= rollout.demonstration_rows
+    divergence_rows = ~nll_rows
     teacher_logits = rollout.teacher_logits  # teacher rollouts: kept from their own decode
-    if teacher_logits is None and not nll_only:
+    if teacher_logits is not None:  # (rolled-out rows, T, V) → the divergence rows'
+        teacher_logits = _take(teacher_logits, divergence_rows[rollout.rolled_out])
+    # whether the teacher scores the batch follows from the config, not the rows: every FSDP
+    # rank takes part in its forward
+    elif not (cfg.rollout == "teacher" and cfg.teacher_rollout_loss == "nll"):
         with torch.no_grad(), _autocast(model, cfg.autocast_bf16):             # 2. teacher
             t_ids, t_mask = left_pad([e.teacher_prompt for e in batch], pad_id, completion.device)
-            teacher_logits = completion_logits(teacher_model, t_ids, t_mask, completion)
+            teacher_logits = _take(completion_logits(teacher_model, t_ids, t_mask, completion),
+                                   divergence_rows)
     with _autocast(model, cfg.autocast_bf16):                                  # 3. student
         s_ids, s_mask = left_pad([e.student_prompt for e in batch], pad_id, completion.device)
         student_logits = completion_logits(model if grad_model is None else grad_model, s_ids, s_mask, completion)
-    if cfg.teacher_rollout_loss == "nll":  # teacher rows: NLL of the teacher's sampled tokens
-        per_token = F.cross_entropy(student_logits.float().transpose(1, 2), completion, reduction="none")
-        if not nll_only:
-            divergence = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
-                                          jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
-            per_token = torch.where(rollout.from_teacher.unsqueeze(-1), per_token, divergence)
-    else:
-        per_token = token_divergence(student_logits, teacher_logits, cfg.divergence, cfg.estimator,
-                                     jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion)
+    per_token = torch.zeros(completion.shape, device=completion.device)       # (B, T)
+    if nll_rows.any():
+        per_token[nll_rows] = F.cross_entropy(_take(student_logits, nll_rows).float().transpose(1, 2),
+                                              completion[nll_rows], reduction="none")
+    if divergence_rows.any():  # kept decode logits end where the decode did; a longer
+        width = teacher_logits.shape[1]  # demonstration row only pads the batch past it
+        per_token[divergence_rows, :width] = token_divergence(
+            _take(student_logits, divergence_rows)[:, :width], teacher_logits, cfg.divergence,
+            cfg.estimator, jsd_beta=cfg.jsd_beta, top_k=cfg.top_k,
+            sampled_ids=completion[divergence_rows, :width]).float()
     del student_logits, teacher_logits
     loss_sum = sequence_mean(per_token, mask).sum()                            # 4. loss
     if cfg.sft_weight or cfg.preference_weight:  # the SFT anchor (+ w × the demonstration's NLL)
@@ -136,6 +148,11 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
     return loss_sum, {"tokens": float(lengths.sum()), "eos": float(rollout.finished.sum()),
                       "teacher_rollouts": float(rollout.from_teacher.sum()),
                       "replaced": float(rollout.replaced)}
+
+
+def _take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """t[rows] for a (B,) bool mask, without a copy when it keeps every row."""
+    return t if bool(rows.all()) else t[rows]
 
 
 def answer_nll(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]], cfg: SDFTConfig,
@@ -221,8 +238,8 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
         cfg = cfg.model_copy(update={"max_new_tokens": min(
             cfg.max_new_tokens, math.ceil(cfg.demo_length_cap * longest))})
     eos_ids, pad_id = stop_ids(model, tokenizer), tokenizer.pad_token_id
-    teacher = Teacher(model, cfg.teacher, cfg.ema_rate) if cfg.method == "sdft" else None
     fsdp = world > 1 and cfg.distributed == "fsdp"
+    teacher = Teacher(model, cfg.teacher, cfg.ema_rate, share_frozen=not fsdp) if cfg.method == "sdft" else None
     if fsdp:  # student and teacher sharded alike, so the EMA runs shard by shard
         if is_peft(model):
             raise ValueError("distributed: fsdp with LoRA is not supported; LoRA runs on one "
@@ -268,13 +285,13 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
     for step in bar:
         t0 = time.perf_counter()
         mine = batch_positions(step, len(examples), cfg)[rank::world]
+        optimizer.zero_grad(set_to_none=True)  # before the decode: the last step's gradients are spent
         if teacher is not None and cfg.steps_per_generation > 1 and mine[0][0] not in ahead:
             ahead = _decode_ahead(model, teacher, examples, step, min(step + cfg.steps_per_generation, total),
                                   total, rank, world, cfg, eos_ids, pad_id, check)
         micro = len(mine) // cfg.grad_accum_steps
         if cfg.grad_accum_steps > 1:  # rows of like length share a micro-batch: less padding computed
             mine = sorted(mine, key=lambda qi: (len(examples[qi[1]].student_prompt) + len(examples[qi[1]].target), qi))
-        optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(5)  # loss sum, completion tokens, ending in EOS, teacher rollouts, replaced
         chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
         for c, chunk in enumerate(chunks):
@@ -350,4 +367,5 @@ def _rows(ahead: dict[int, Completions], positions: Sequence[int]) -> Completion
     parts = [ahead.pop(q) for q in positions]
     logits = None if parts[0].teacher_logits is None else torch.cat([p.teacher_logits for p in parts])
     return Completions(torch.cat([p.ids for p in parts]), torch.cat([p.from_teacher for p in parts]),
-                       torch.cat([p.finished for p in parts]), torch.cat([p.replaced_rows for p in parts]), logits)
+                       torch.cat([p.finished for p in parts]), torch.cat([p.replaced_rows for p in parts]), logits,
+                       torch.cat([~p.rolled_out for p in parts]))

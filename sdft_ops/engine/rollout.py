@@ -9,18 +9,21 @@
   seeded by (run seed, example id, global position), so it does not depend on the batch, the
   process split or a resume.
 
-Under `rollout: teacher` (no filter) every row is the teacher's own sample, so the logits its
-decode computed are the teacher's scores of that completion: they are kept (`teacher_logits`)
-and the step runs no second teacher forward. `mixed` and filtered runs score every row with one
-teacher forward, so all ranks under FSDP issue the same collectives.
+Under `rollout: teacher` every sampled row is the teacher's own sample, so the logits its
+decode computed are the teacher's scores of that completion: they are kept (`teacher_logits`,
+the decoded rows' in order) and the step runs no second teacher forward, provided no row needs
+the teacher's scores of anything else: no filter and no replayed demonstration, or
+`demonstration_loss: nll` (a row holding a demonstration is then learned by its NLL). `mixed`
+and the other filtered runs score every row with one teacher forward, so all ranks under FSDP
+issue the same collectives.
 
 `rollout_filter: scorer` (Yang et al. 2024, "self-distillation bridges distribution gap"): a
 teacher rollout that the domain's scorer rejects against its demonstration is replaced by the
 demonstration itself, so the student is never pulled towards a wrong answer of the teacher.
 
 An example prepared `as_demonstration` (replay's `learn_as: demonstration`) is not rolled out:
-its completion is its demonstration, learned as a teacher row (its NLL under `nll`, else the
-teacher's scores of it), so it costs no decode.
+its completion is its demonstration, learned as a teacher row (its NLL under `nll` or
+`demonstration_loss: nll`, else the teacher's scores of it), so it costs no decode.
 """
 
 from __future__ import annotations
@@ -64,7 +67,18 @@ class Completions:
     from_teacher: torch.Tensor  # (B,) bool
     finished: torch.Tensor  # (B,) ended with EOS
     replaced_rows: torch.Tensor  # (B,) bool: the filter replaced the rollout by its demonstration
-    teacher_logits: torch.Tensor | None = None  # (B, T, V) from the teacher's decode (see above)
+    teacher_logits: torch.Tensor | None = None  # (rolled-out rows, T, V) from the teacher's decode
+    unrolled_rows: torch.Tensor | None = None  # (B,) bool: learned as their demonstration, never
+    # rolled out (replay's learn_as); teacher_logits holds the other rows, in order. None: none
+
+    @property
+    def demonstration_rows(self) -> torch.Tensor:
+        """(B,) bool: rows whose completion is a demonstration (replaced, or never rolled out)."""
+        return self.replaced_rows if self.unrolled_rows is None else self.replaced_rows | self.unrolled_rows
+
+    @property
+    def rolled_out(self) -> torch.Tensor:
+        return ~self.unrolled_rows if self.unrolled_rows is not None else torch.ones_like(self.finished)
 
     @property
     def replaced(self) -> int:
@@ -75,9 +89,17 @@ class Completions:
         """These rows, in this order (a prefetched batch split into its steps). The width stays
         the batch's: the extra columns are padding after EOS, which the loss masks."""
         index = list(index)
-        logits = None if self.teacher_logits is None else self.teacher_logits[index]
+        logits = None
+        if self.teacher_logits is not None:  # the rolled-out rows among these, by their positions
+            rolled = self.rolled_out
+            at = (rolled.cumsum(0) - 1).tolist()
+            held = [at[i] for i in index if rolled[i]]
+            if held == list(range(held[0], held[0] + len(held))) if held else True:
+                held = slice(held[0], held[0] + len(held)) if held else slice(0, 0)  # views, no copy
+            logits = self.teacher_logits[held]
+        unrolled = None if self.unrolled_rows is None else self.unrolled_rows[index]
         return Completions(self.ids[index], self.from_teacher[index], self.finished[index],
-                           self.replaced_rows[index], logits)
+                           self.replaced_rows[index], logits, unrolled)
 
 
 def _stack(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
@@ -98,8 +120,9 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
     # the sources the config can use, the same on every rank: under FSDP each one's weights are
     # gathered by all ranks, even those with no row from it, one model at a time
     sources = [t for t in (False, True) if cfg.rollout == "mixed" or t == (cfg.rollout == "teacher")]
-    keep_logits = (cfg.rollout == "teacher" and cfg.rollout_filter == "none"  # nll: scores unused
-                   and cfg.teacher_rollout_loss == "divergence" and not any(e.as_demonstration for e in batch))
+    keep_logits = (cfg.rollout == "teacher" and cfg.teacher_rollout_loss == "divergence"  # nll: unused
+                   and (cfg.demonstration_loss == "nll"  # else a demonstration row needs a forward
+                        or (cfg.rollout_filter == "none" and not any(e.as_demonstration for e in batch))))
     from_teacher = [t or e.as_demonstration for t, e in zip(from_teacher, batch)]
     logits = None
     for use_teacher in sources:
@@ -129,4 +152,5 @@ def sample_completions(student, teacher_model, batch: Sequence[PreparedExample],
                 rows[i] = torch.tensor(example.target, device=device)
                 finished[i], replaced[i] = True, True
     return Completions(_stack(rows, pad_id), torch.tensor(list(from_teacher), device=device),
-                       torch.tensor(finished, device=device), torch.tensor(replaced, device=device), logits)
+                       torch.tensor(finished, device=device), torch.tensor(replaced, device=device), logits,
+                       torch.tensor([e.as_demonstration for e in batch], device=device))

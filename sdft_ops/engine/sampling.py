@@ -227,10 +227,12 @@ def _decode_loop(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature
     done = finished.clone()  # finished, or settled
     rows = torch.arange(len(prompts), device=device)  # the batch rows still decoding (compact)
     completion = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long, device=device)
-    logits_out, steps = [], 0
+    kept, steps = None, 0  # (B, max_new_tokens, V): filled in place, no list to stack at the end
     for _ in range(max_new_tokens):
-        if keep_logits:
-            logits_out.append(calls.logits)
+        if keep_logits:  # never compacted: every row's logits, every step
+            if kept is None:
+                kept = calls.logits.new_empty((len(prompts), max_new_tokens, calls.logits.shape[-1]))
+            kept[:, steps] = calls.logits
         logits = calls.logits.float()  # (B, V), or (rows still decoding, V) when compacting
         if generators is None:
             next_tokens = logits.argmax(-1)
@@ -261,7 +263,7 @@ def _decode_loop(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature
         calls.step(next_tokens)
     model.train(was_training)
     return Rollout(ids, mask, completion[:, :steps], finished,
-                   torch.stack(logits_out, dim=1) if keep_logits else None)
+                   kept[:, :steps] if keep_logits else None)
 
 
 def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]],

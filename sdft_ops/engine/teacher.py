@@ -28,9 +28,12 @@ def is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
 
-def _dense_copy(student: torch.nn.Module) -> torch.nn.Module:
-    """A plain model with the student's effective weights, no grad."""
-    teacher = copy.deepcopy(student)
+def _dense_copy(student: torch.nn.Module, share_frozen: bool) -> torch.nn.Module:
+    """A plain model with the student's effective weights, no grad. `share_frozen`: the
+    student's frozen parameters (`train_layers`) are shared, not copied: they never change."""
+    memo = {} if is_peft(student) or not share_frozen else {
+        id(p): p for p in student.parameters() if not p.requires_grad}
+    teacher = copy.deepcopy(student, memo)
     if is_peft(teacher):
         teacher = teacher.merge_and_unload()
     teacher.requires_grad_(False)
@@ -53,9 +56,11 @@ def effective_weights(student: torch.nn.Module) -> list[tuple[str, torch.Tensor]
 
 
 class Teacher:
-    def __init__(self, student: torch.nn.Module, kind: TeacherKind, ema_rate: float):
+    def __init__(self, student: torch.nn.Module, kind: TeacherKind, ema_rate: float,
+                 share_frozen: bool = True):
+        """`share_frozen=False` under FSDP, which shards the teacher on its own."""
         self.kind, self.ema_rate = kind, ema_rate
-        self.model = None if kind == "live" else _dense_copy(student)
+        self.model = None if kind == "live" else _dense_copy(student, share_frozen)
 
     def module(self, student: torch.nn.Module) -> torch.nn.Module:
         """The network to score with (the student itself when live; callers use no_grad)."""
