@@ -78,7 +78,8 @@ LORA = {"lora": {"r": 16, "alpha": 32}, "learning_rate": 1e-3, "grad_accum_steps
 # full fine-tuning: the live student is the teacher (no dense copy); 2 micro-batches of 4
 LIVE = {"teacher": "live", "learning_rate": 3e-4, "grad_accum_steps": 2}
 FILTER_NLL = {"rollout_filter": "scorer", "demonstration_loss": "nll"}
-TOP10 = {"train_layers": 10}  # the top 10 of SmolLM2-135M's 30 transformer blocks
+TOP10 = {"train_layers": 10}
+CHEAP = {"max_steps": 32, "steps_per_generation": 4, "learning_rate": 6e-4, "grad_accum_steps": 2}  # the top 10 of SmolLM2-135M's 30 transformer blocks
 REPLAY_R75_DEMOS = REPLAY_R75 | {"learn_as": "demonstration"}
 REPLAY_R50 = {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.5}}
 # name → (train overrides of configs/demo.yaml, replay). In the order they are run: the most
@@ -174,6 +175,13 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
     # kept rollouts stay scored by their own decode's logits (no teacher forward)
     "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.75-40steps-k4": (
         TEACHER | TOP10 | FILTER_NLL | {"max_steps": 40, "steps_per_generation": 4}, REPLAY_R75_DEMOS),
+    # measured: tooluse 0.625 / 0.970 / -0.019 in 320 s, 3.42 GB; triage 0.325 / 1.005 / +0.102
+    # (over-refused) in 273 s. Half the refusals, twice the lr, 32 steps, micro-batches of 4
+    # (train_layers.py: 2.49 vs 3.20 GB)
+    "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-32steps-k4-lr6e-4": (
+        TEACHER | TOP10 | FILTER_NLL | CHEAP, REPLAY_R50 | {"learn_as": "demonstration"}),
+    "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-32steps-k4-lr6e-4-seed1": (
+        TEACHER | TOP10 | FILTER_NLL | CHEAP | {"seed": 1}, REPLAY_R50 | {"learn_as": "demonstration", "seed": 1}),
     # a damaging update for the gate's power (benchmarks/gate_power.py): plain SFT at 30x the lr
     "sft-lr3e-3": (SFT | {"learning_rate": 3e-3}, None),
     "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),

@@ -117,6 +117,10 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
     if cfg.demonstration_loss == "nll":  # a replaced or replayed demonstration: SFT on it
         nll_rows |= rollout.demonstration_rows
     divergence_rows = ~nll_rows
+    # the divergence rows first, so that each loss reads a view of the logits, never a copy
+    order = torch.cat([divergence_rows.nonzero().squeeze(1), nll_rows.nonzero().squeeze(1)])
+    split, rows = int(divergence_rows.sum()), [batch[i] for i in order.tolist()]
+    completion, mask = completion[order], mask[order]
     teacher_logits = rollout.teacher_logits  # teacher rollouts: kept from their own decode
     if teacher_logits is not None:  # (rolled-out rows, T, V) → the divergence rows'
         teacher_logits = _take(teacher_logits, divergence_rows[rollout.rolled_out])
@@ -124,22 +128,20 @@ def sdft_step(model, teacher: Teacher, batch: Sequence[PreparedExample], seeds,
     # rank takes part in its forward
     elif not (cfg.rollout == "teacher" and cfg.teacher_rollout_loss == "nll"):
         with torch.no_grad(), _autocast(model, cfg.autocast_bf16):             # 2. teacher
-            t_ids, t_mask = left_pad([e.teacher_prompt for e in batch], pad_id, completion.device)
-            teacher_logits = _take(completion_logits(teacher_model, t_ids, t_mask, completion),
-                                   divergence_rows)
+            t_ids, t_mask = left_pad([e.teacher_prompt for e in rows], pad_id, completion.device)
+            teacher_logits = completion_logits(teacher_model, t_ids, t_mask, completion)[:split]
     with _autocast(model, cfg.autocast_bf16):                                  # 3. student
-        s_ids, s_mask = left_pad([e.student_prompt for e in batch], pad_id, completion.device)
+        s_ids, s_mask = left_pad([e.student_prompt for e in rows], pad_id, completion.device)
         student_logits = completion_logits(model if grad_model is None else grad_model, s_ids, s_mask, completion)
     per_token = torch.zeros(completion.shape, device=completion.device)       # (B, T)
-    if nll_rows.any():
-        per_token[nll_rows] = F.cross_entropy(_take(student_logits, nll_rows).float().transpose(1, 2),
-                                              completion[nll_rows], reduction="none")
-    if divergence_rows.any():  # kept decode logits end where the decode did; a longer
-        width = teacher_logits.shape[1]  # demonstration row only pads the batch past it
-        per_token[divergence_rows, :width] = token_divergence(
-            _take(student_logits, divergence_rows)[:, :width], teacher_logits, cfg.divergence,
-            cfg.estimator, jsd_beta=cfg.jsd_beta, top_k=cfg.top_k,
-            sampled_ids=completion[divergence_rows, :width]).float()
+    if split < len(rows):
+        per_token[split:] = F.cross_entropy(student_logits[split:].float().transpose(1, 2),
+                                            completion[split:], reduction="none")
+    if split:  # kept decode logits end where the decode did; a longer demonstration row only
+        width = teacher_logits.shape[1]  # pads the batch past it
+        per_token[:split, :width] = token_divergence(
+            student_logits[:split, :width], teacher_logits, cfg.divergence, cfg.estimator,
+            jsd_beta=cfg.jsd_beta, top_k=cfg.top_k, sampled_ids=completion[:split, :width]).float()
     del student_logits, teacher_logits
     loss_sum = sequence_mean(per_token, mask).sum()                            # 4. loss
     if cfg.sft_weight or cfg.preference_weight:  # the SFT anchor (+ w × the demonstration's NLL)
