@@ -97,12 +97,17 @@ class DemoChain(BaseModel):
 
 
 def recipe_name(cfg: UpdateConfig) -> str:
-    """`sft`, `sdft-teacher`, ... `+filter`, `+anchor`, `+replay`: as benchmarks/recipes.py names them."""
-    t = cfg.train
+    """`sft`, `sdft-teacher`, ... `-top10`, `+filter(-nll)`, `+anchor`, `+replay(-demos)`: as
+    benchmarks/recipes.py names them."""
+    t, replay = cfg.train, cfg.replay
+    replayed = ("+replay" + ("-demos" if replay.learn_as == "demonstration" else "")
+                if replay.fraction > 0 else "")
     if t.method == "sft":
-        return "sft" + ("+replay" if cfg.replay.fraction > 0 else "")
-    return (f"sdft-{t.rollout}" + ("+filter" if t.rollout_filter == "scorer" else "")
-            + ("+anchor" if t.sft_weight > 0 else "") + ("+replay" if cfg.replay.fraction > 0 else ""))
+        return "sft" + ("+replay" if replay.fraction > 0 else "")
+    top = f"-top{cfg.model.train_layers}" if cfg.model.train_layers else ""
+    filtered = ("+filter" + ("-nll" if t.demonstration_loss == "nll" else "")
+                if t.rollout_filter == "scorer" else "")
+    return f"sdft{top}-{t.rollout}{filtered}" + ("+anchor" if t.sft_weight > 0 else "") + replayed
 
 
 def accuracy_matrix(stage_refs, suites, cfg: UpdateConfig, home: Path,
