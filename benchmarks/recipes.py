@@ -204,6 +204,19 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
         TEACHER | TOP10 | FILTER_NLL | SMALL_STEPS, REPLAY_R50 | {"learn_as": "demonstration"}),
     "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-64x4-k8-lr6e-4-seed1": (
         TEACHER | TOP10 | FILTER_NLL | SMALL_STEPS | {"seed": 1}, REPLAY_R50 | {"learn_as": "demonstration", "seed": 1}),
+    # measured on triage: 0.375 / 0.970 / -0.009 in 230 s, 2.58 GB: twice the optimizer steps
+    # learned more. Twice again (128 steps of 2, decoded 16 steps ahead), or the same at lr 1e-3
+    "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-128x2-k16-lr6e-4": (
+        TEACHER | TOP10 | FILTER_NLL | SMALL_STEPS | {"max_steps": 128, "prompts_per_step": 2,
+                                                      "steps_per_generation": 16, "grad_accum_steps": 1},
+        REPLAY_R50 | {"learn_as": "demonstration"}),
+    "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-128x2-k16-lr6e-4-seed1": (
+        TEACHER | TOP10 | FILTER_NLL | SMALL_STEPS | {"max_steps": 128, "prompts_per_step": 2,
+                                                      "steps_per_generation": 16, "grad_accum_steps": 1,
+                                                      "seed": 1},
+        REPLAY_R50 | {"learn_as": "demonstration", "seed": 1}),
+    "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-64x4-k8-lr1e-3": (
+        TEACHER | TOP10 | FILTER_NLL | SMALL_STEPS | {"learning_rate": 1e-3}, REPLAY_R50 | {"learn_as": "demonstration"}),
     # a damaging update for the gate's power (benchmarks/gate_power.py): plain SFT at 30x the lr
     "sft-lr3e-3": (SFT | {"learning_rate": 3e-3}, None),
     "sdft-teacher+replay0.25-refusals": (TEACHER, {"fraction": 0.25, "seed": 0, "kind_shares": {"refusal": 1.0}}),

@@ -41,7 +41,8 @@ class DemoStep(BaseModel):
 
     domain: str | None = Field(None, description="a shipped domain (tooluse, knowledge, triage, safety)")
     demos: str | None = Field(None, description="or a demonstration file, relative to the chain file")
-    train_from: str | None = Field(None, description="take `train` and `replay` from this update config")
+    train_from: str | None = Field(None, description="take `train`, `replay` and which weights train "
+                                   "(`model.lora`, `model.train_layers`) from this update config")
     overrides: dict = Field(default_factory=dict, description="merged over the step's config")
     expect: Literal["promote", "reject"] | None = Field(
         None, description="what the gate must decide; the demo fails (exit 1) otherwise")
@@ -87,7 +88,9 @@ class DemoChain(BaseModel):
         cfg = self.base_config()
         if step.train_from:
             other = UpdateConfig.from_yaml(self.folder / step.train_from)
-            cfg = cfg.model_copy(update={"train": other.train, "replay": other.replay})
+            trains = {"lora": other.model.lora, "train_layers": other.model.train_layers}  # which weights
+            cfg = cfg.model_copy(update={"train": other.train, "replay": other.replay,
+                                         "model": cfg.model.model_copy(update=trains)})
         return cfg.merged(step.overrides)
 
     def dataset(self, step: DemoStep):

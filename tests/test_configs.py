@@ -47,4 +47,6 @@ def test_every_step_of_the_shipped_demo_chains_builds_its_config(name, domains, 
     assert [recipe_name(c) for c in rushed] == ["sft"]  # plain SFT, no replay: what erased refusals
     domain_updates = [c for c, s in zip(configs, chain.steps, strict=True) if s.domain in DOMAIN_UPDATES]
     assert [recipe_name(c) for c in domain_updates] == (  # recipes.json's choice
-        ["sdft-teacher+filter+anchor+replay"] * (len(domains) - 2))
+        ["sdft-top10-teacher+filter-nll+replay-demos"] * (len(domains) - 2))
+    # the safety and rushed updates train every weight, as measured (safety_champion.md, recipes.md)
+    assert [c.model.train_layers for c in configs if c not in domain_updates] == [None, None]
