@@ -70,9 +70,10 @@ OPEN_GATE = {"default_rule": {"max_drop": 1.0}, "safety_rule": {"max_drop": 1.0}
 REPLAY = {"fraction": 0.25, "seed": 0}
 # The train settings every recipe starts from, over configs/demo.yaml's: the demo config now
 # holds the chosen recipe, so a name keeps meaning what it was measured as (16 steps, no filter,
-# no anchor, lr 3e-4, one micro-batch, per-step decoding unless the name says so).
-RECIPE_BASE = {"max_steps": 16, "rollout_filter": "none", "sft_weight": 0.0, "learning_rate": 3e-4,
-               "steps_per_generation": 1, "grad_accum_steps": 1, "demonstration_loss": "divergence"}
+# no anchor, 8 prompts per step at lr 3e-4, one micro-batch, per-step decoding unless the name says so).
+RECIPE_BASE = {"max_steps": 16, "prompts_per_step": 8, "rollout_filter": "none", "sft_weight": 0.0,
+               "learning_rate": 3e-4, "steps_per_generation": 1, "grad_accum_steps": 1,
+               "demonstration_loss": "divergence"}
 TEACHER = {"rollout": "teacher"}
 REPLAY_R75 = {"fraction": 1.0, "seed": 0, "kind_shares": {"refusal": 0.75}}  # as many replayed as new, 3/4 refusals
 STUDENT = {"rollout": "student"}  # the paper (explicit: configs/demo.yaml may set another)
