@@ -103,10 +103,10 @@ def recipe_name(cfg: UpdateConfig) -> str:
     """`sft`, `sdft-teacher`, ... `-top10`, `+filter(-nll)`, `+anchor`, `+replay(-demos)`: as
     benchmarks/recipes.py names them."""
     t, replay = cfg.train, cfg.replay
-    replayed = ("+replay" + ("-demos" if replay.learn_as == "demonstration" else "")
-                if replay.fraction > 0 else "")
     if t.method == "sft":
         return "sft" + ("+replay" if replay.fraction > 0 else "")
+    replayed = ("+replay" + ("-demos" if replay.learn_as == "demonstration" else "")
+                if replay.fraction > 0 else "")
     top = f"-top{cfg.model.train_layers}" if cfg.model.train_layers else ""
     filtered = ("+filter" + ("-nll" if t.demonstration_loss == "nll" else "")
                 if t.rollout_filter == "scorer" else "")

@@ -94,8 +94,8 @@ class Completions:
             rolled = self.rolled_out
             at = (rolled.cumsum(0) - 1).tolist()
             held = [at[i] for i in index if rolled[i]]
-            if held == list(range(held[0], held[0] + len(held))) if held else True:
-                held = slice(held[0], held[0] + len(held)) if held else slice(0, 0)  # views, no copy
+            if not held or held == list(range(held[0], held[-1] + 1)):  # a run: a view, no copy
+                held = slice(held[0], held[-1] + 1) if held else slice(0, 0)
             logits = self.teacher_logits[held]
         unrolled = None if self.unrolled_rows is None else self.unrolled_rows[index]
         return Completions(self.ids[index], self.from_teacher[index], self.finished[index],
