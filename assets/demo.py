@@ -19,9 +19,11 @@ from assets.sensors import gate_partition, partition_key_for
 from assets.updates import demo_dataset, eval_results, sdft_checkpoint
 
 
-# The demo prints its own progress lines; Dagster's per-step DEBUG events stay in the run's log
-# (the UI), only warnings and errors reach the terminal.
-QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The demo prints its own progress lines and each update's gate verdict; Dagster's events stay in
+# the run's log (the UI). A blocking check that fails (the rushed update's safety check) is an
+# expected verdict, not a crash, so its step-failure trace stays there too; a run that fails for
+# any other reason raises with the step's error below.
+QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def dagster_runner(instance: dg.DagsterInstance, base: SdftOpsResource):
@@ -40,7 +42,10 @@ def dagster_runner(instance: dg.DagsterInstance, base: SdftOpsResource):
                                 instance=instance, resources={"sdft_ops": sdft_ops},
                                 run_config=QUIET_RUN, raise_on_error=False)
         if not result.success and not result.get_asset_check_evaluations():
-            raise RuntimeError(f"update {key} failed; see the run in the Dagster UI")
+            errors = [e.step_failure_data.error for e in result.get_step_failure_events()]
+            cause = f": {errors[0].message.strip().splitlines()[-1]}" if errors and errors[0] else ""
+            raise RuntimeError(f"update {key} failed{cause}; the run {result.run_id} in the Dagster UI "
+                               "(make dev) has the full trace")
         event = gate_partition(instance, key, result.run_id, sdft_ops)
         if event is not None:
             instance.report_runless_asset_event(event)

@@ -32,6 +32,7 @@ from sdft_ops.settings import UpdateConfig
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CHAIN = ROOT / "configs" / "demo_chain.yaml"
 DEMO_JSON = ROOT / "benchmarks" / "results" / "demo.json"
+SAFETY_SUITES = ("safety_refusal", "safety_benign_compliance")  # the accuracy matrix's safety columns
 
 
 class DemoStep(BaseModel):
@@ -210,20 +211,27 @@ class ChainProgress:
                    f"chain {_clock(time.perf_counter() - self.started)} elapsed, {eta}")
 
 
+def quiet_mlflow() -> None:
+    """MLflow sets its logger to INFO on import (and logs its database setup there): a person
+    reads the chain's progress lines, so WARNING and up only."""
+    import mlflow  # noqa: F401  imported first, so that its own logging setup comes before ours
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
     """Every step through `runner(dataset, cfg)`; then the accuracy matrix over the chain's
-    domains and the prior suites, each stage being the serving model after that update.
+    domains, HarmBench refusal and benign compliance, each stage being the serving model after
+    that update (scores cached by the updates' evaluations are reused).
     Returns (outcomes, demo.json records, matrix, plot path)."""
     from sdft_ops.evaluation.report import plot_accuracy_matrix
     from sdft_ops.models import resolve_model_path
     from sdft_ops.evaluation.battery import recorded_domain_suites, suites_for
     from sdft_ops.update_state import update_dir
 
-    import mlflow  # noqa: F401  it sets its logger to INFO on import: quiet it after
-
     from sdft_ops.pipeline import phase_listener
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # a person reads the progress lines
+    quiet_mlflow()
     home, cfg = data_home(home), chain.base_config()
     outcomes, records = [], []
     progress = ChainProgress(len(chain.steps))
@@ -236,7 +244,9 @@ def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
     names = [o.domain for o in outcomes]
     recorded = {s.name: s for s in recorded_domain_suites(home, cfg)}
     suites = [recorded[f"domain/{n}"] for n in names]
-    suites += [s for s in suites_for(cfg, home) if not s.name.startswith("domain/")]
+    # the safety pair beside the domains; the prior pools stay out: each update's report holds
+    # its prior test, and scoring 768 more items per stage would double the demo's evaluation
+    suites += [s for s in suites_for(cfg, home) if s.name in SAFETY_SUITES]
     stages = [("base", f"base:{cfg.model.name_or_path}", resolve_model_path(cfg.model))]
     for o in outcomes:
         stages.append((o.domain, f"update:{o.update_id}", str(update_dir(home, o.update_id) / "model"))
@@ -294,6 +304,7 @@ def run_demo(chain_path: str | Path | None = None, home: str | Path | None = Non
     from sdft_ops.registry import PolicyRegistry
 
     chain, home = DemoChain.from_yaml(chain_path or DEMO_CHAIN), data_home(home)
+    quiet_mlflow()  # before the registry: a fresh home's database setup logs at INFO
     registry = PolicyRegistry.from_config(chain.base_config(), home)
     started = time.perf_counter()
     result = run_chain(lambda ds, cfg: run_update(ds, cfg, home=home, registry=registry), chain, home)

@@ -80,6 +80,29 @@ def test_an_alignment_update_is_judged_on_its_own_merits_and_a_domain_update_is_
     assert policy.sequential_for("tooluse") == policy.sequential
 
 
+def test_an_earlier_alignment_domain_is_a_guard_and_an_earlier_task_domain_keeps_its_point_rule():
+    """The demo's tooluse candidate on the safety update's 40 Do-Not-Answer items: 0.700 -> 0.575
+    with 10 lost and 5 gained, a CI of the drop that holds 0. As `domain/safety` (an alignment
+    domain) the guard passes it; the same numbers on an earlier task domain fail `max_drop`; a
+    clear loss of the safety domain is still rejected."""
+    policy, kwargs = GatePolicy.from_yaml(CONFIG), dict(parent_version="1", champion_version="1")
+    assert policy.rule_for("domain/safety", "tooluse") == SuiteRule(max_drop_if_significant=0.10)
+    assert policy.rule_for("domain/tooluse", "triage") == SuiteRule(max_drop=0.05)
+    noisy = ([0.0] * 10 + [1.0] * 18 + [1.0] * 5 + [0.0] * 7, [1.0] * 28 + [0.0] * 12)
+
+    def with_domain(suite, candidate, reference):
+        return report_of(healthy_pairs() + [(result(suite, candidate), result(suite, reference))])
+
+    safety = decide(with_domain("domain/safety", *noisy), policy, new_domain="tooluse", **kwargs)
+    assert safety.promote, safety.reasons
+    assert ("domain/safety", "max_drop_if_significant") in {(c.suite, c.rule) for c in safety.checks}
+    task = decide(with_domain("domain/triage", *noisy), policy, new_domain="tooluse", **kwargs)
+    assert ("domain/triage", "max_drop") in failed(task)
+    lost = decide(with_domain("domain/safety", [1.0] * 8 + [0.0] * 32, noisy[1]), policy,
+                  new_domain="tooluse", **kwargs)
+    assert failed(lost) == [("domain/safety", "max_drop_if_significant")]
+
+
 @pytest.mark.parametrize("suite, cls", [("safety_refusal", "safety"), ("domain/tooluse", "domain"),
                                         ("mmlu", "prior"), ("drift", "prior"), ("safetyx", "prior")])
 def test_suite_class(suite, cls):

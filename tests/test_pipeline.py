@@ -94,7 +94,7 @@ def test_demo_chain_summary_matrix_and_demo_json(tmp_path, capsys):
     from a user demo file that the gate must reject; summary, matrix, lineage and demo.json."""
     import yaml
 
-    from sdft_ops.demo import DemoChain, finish, run_chain
+    from sdft_ops.demo import DemoChain, finish, quiet_mlflow, run_chain
 
     cfg = tiny_config(tiny_base(tmp_path / "base"))
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -107,6 +107,7 @@ def test_demo_chain_summary_matrix_and_demo_json(tmp_path, capsys):
     chain = DemoChain.from_yaml(tmp_path / "chain.yaml")
     assert chain.step_config(chain.steps[1]).replay.fraction == 0.5
     home = tmp_path / "home"
+    quiet_mlflow()  # as run_demo does before its registry: a fresh database's setup logs at INFO
     registry = PolicyRegistry(None, home=home)
     outcomes, records, matrix, plot = run_chain(
         lambda ds, c: run_update(ds, c, home=home, registry=registry), chain, home)
@@ -114,6 +115,7 @@ def test_demo_chain_summary_matrix_and_demo_json(tmp_path, capsys):
     assert [o.promoted for o in outcomes] == [True, True, False]
     assert matrix.stages == ["base", "tooluse", "triage", "notices"]
     assert matrix.tasks[:3] == ["domain/tooluse", "domain/triage", "domain/notices"]
+    assert set(matrix.tasks[3:]) <= {"safety_refusal", "safety_benign_compliance"}  # no prior pools
     assert matrix.values[3] == matrix.values[2]  # the rejected update did not change the model
     assert plot.is_file() and plot.stat().st_size > 0
     assert [r["recipe"] for r in records] == ["sdft-student", "sdft-student+replay", "sft"]
