@@ -231,3 +231,9 @@ def test_few_row_calls_run_on_packed_weights_remade_when_the_weights_change():
     # with gradients on (training forward passes) the weight itself is used
     with packed_linear.packed_linears(model):
         assert model(x).requires_grad
+    # under bf16 autocast (a CPU with native bf16) a bf16 input takes autocast's own kernel: the
+    # packed float32 weight would fail in oneDNN ("could not create a primitive descriptor")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), packed_linear.packed_linears(model):
+        expected = F.linear(x.bfloat16(), layer.weight, layer.bias)
+        torch.testing.assert_close(model(x.bfloat16()), expected)
+        torch.testing.assert_close(model(x), expected)

@@ -8,8 +8,9 @@ runs on a CPU, every `nn.Linear` computes calls of 2 to `MAX_ROWS` rows from a p
 weight; a single row (MKL's gemv is faster) and a long prompt use the weight itself. The copy is
 remade when the weight changes (its version counter moves on an optimizer or EMA step).
 
-Only float32 weights that are plain CPU tensors (not FSDP2's DTensors), and only where torch has
-oneDNN; elsewhere nothing changes. Results equal float32's up to rounding (logits within ~1e-4).
+Only float32 weights that are plain CPU tensors (not FSDP2's DTensors), float32 calls (not under
+bf16 autocast, which a CPU with native bf16 runs), and only where torch has oneDNN; elsewhere
+nothing changes. Results equal float32's up to rounding (logits within ~1e-4).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
 
 def _forward(linear: nn.Linear, packed: dict, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
-    if not (MIN_ROWS <= rows <= MAX_ROWS) or torch.is_grad_enabled():
+    if (not (MIN_ROWS <= rows <= MAX_ROWS) or torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu") or x.dtype != linear.weight.dtype):
+        # bf16 autocast (a CPU with native bf16) runs oneDNN's bf16 kernels, not MKL's sgemm
         return F.linear(x, linear.weight, linear.bias)
     weight = linear.weight
     key = (weight.data_ptr(), weight._version)
