@@ -43,7 +43,10 @@ def dagster_runner(instance: dg.DagsterInstance, base: SdftOpsResource):
                                 run_config=QUIET_RUN, raise_on_error=False)
         if not result.success and not result.get_asset_check_evaluations():
             errors = [e.step_failure_data.error for e in result.get_step_failure_events()]
-            cause = f": {errors[0].message.strip().splitlines()[-1]}" if errors and errors[0] else ""
+            error = errors[0] if errors else None
+            while error is not None and error.cause is not None:  # Dagster wraps the op's error
+                error = error.cause
+            cause = f": {error.message.strip().splitlines()[-1]}" if error is not None else ""
             raise RuntimeError(f"update {key} failed{cause}; the run {result.run_id} in the Dagster UI "
                                "(make dev) has the full trace")
         event = gate_partition(instance, key, result.run_id, sdft_ops)
