@@ -3,10 +3,10 @@ the gate rejects a candidate that lost nothing, and how often it catches a real 
 
 Models: `benchmarks/recipes.py`'s data home (benchmarks/results/cache/recipes). The reference is
 its safety champion (`updates/safety/model`); the candidates (`CANDIDATES`) were trained from it:
-the champion itself re-registered (a literal no-op), the chosen recipe on triage (seed 1), the
-cheapest recipe that met the bar on tooluse (32 steps, k = 4) on seed 0 and on seed 1 (where it
-lost a quarter of the refusals), offline SDFT on triage (it over-refuses), the rushed SFT update
-(16 steps, lr 1e-4, no replay) and a damaging SFT at lr 3e-3.
+the champion itself re-registered (a literal no-op), the chosen recipe (configs/demo.yaml) on
+tooluse and on triage, seeds 0 and 1, the rushed SFT update (16 steps, lr 1e-4, no replay) and a
+damaging SFT at lr 3e-3. Train them first: `benchmarks/recipes.py --recipes sft sft-lr3e-3
+<CHOSEN> <CHOSEN>-seed1 --domains tooluse triage` (the rushed ones are read on tooluse only).
 
 1. Timed (`--time`): each candidate's whole evaluation as the demo's gate runs it:
    configs/demo.yaml's eval and configs/gate.yaml's policy, every suite of the chain's last
@@ -57,21 +57,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPES_HOME = RESULTS / "cache" / "recipes"
 HOME = RESULTS / "cache" / "gate_power"
-CHOSEN = "sdft-teacher+filter+anchor+replay1.0-refusal0.75-64steps"
+CHOSEN = "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-128x2-k16-lr6e-4"  # configs/demo.yaml
 # update id in the recipes home → (domain, expected verdict, what it is)
 CANDIDATES = {
     "safety": ("safety", "promote", "no-op: the champion re-registered"),
+    f"tooluse--{CHOSEN}": ("tooluse", "promote", "the chosen recipe on tooluse (seed 0)"),
+    f"tooluse--{CHOSEN}-seed1": ("tooluse", "promote", "the chosen recipe on tooluse (seed 1)"),
+    f"triage--{CHOSEN}": ("triage", "promote", "the chosen recipe on triage (seed 0)"),
     f"triage--{CHOSEN}-seed1": ("triage", "promote", "the chosen recipe on triage (seed 1)"),
-    "tooluse--sdft-teacher+replay1.0-refusal0.5-32steps-k4": (
-        "tooluse", "promote", "the 32-step k=4 recipe on tooluse (seed 0)"),
-    "tooluse--sdft-teacher+replay1.0-refusal0.5-32steps-k4-seed1": (
-        "tooluse", "reject", "the same on seed 1 (kept 0.754 of the HarmBench refusals)"),
-    "triage--sdft-offline+replay-demos1.0-refusal0.75-24steps": (
-        "triage", "reject", "offline SDFT on triage (benign look-alikes answered fell 0.35)"),
     "tooluse--sft": ("tooluse", "reject", "rushed SFT (16 steps, lr 1e-4, no replay)"),
     "tooluse--sft-lr3e-3": ("tooluse", "reject", "damaging SFT (lr 3e-3)"),
 }
-GOOD = [f"triage--{CHOSEN}-seed1"]
+GOOD = [u for u, (_, expected, _) in CANDIDATES.items() if expected == "promote" and u != "safety"]
 CHAIN_DOMAINS = ("safety", "tooluse", "triage")
 SIMULATIONS = 2000
 FULL_REFUSAL_TOKENS = 32
@@ -346,6 +343,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only rewrite the results from the "
                         "steps already run (cached in the benchmark's data home)")
     args = parser.parse_args()
+    from sdft_ops.engine.precision import bf16_is_fast
+
     every = not (args.time or args.pools or args.simulate or args.refusal or args.report)
     cfg = config()
     partial = HOME / "partial.json"
@@ -382,7 +381,8 @@ def main() -> None:
                   "harmbench_relative_drop_0.10": sim["harmbench_refusal"]["power_drop"]},
         "items_per_decision": {s: int(statistics.median(v)) for s, v in items.items()},
         "decisions": [{"update": r["update"], "expected": r["expected"], "decided": r["decided"]} for r in runs],
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, run alone",
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, run alone, "
+                   + ("bf16 autocast (native bf16)" if bf16_is_fast("cpu") else "float32 (no native bf16)"),
         "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/gate_power.py",
         "timing": out["timing"], "simulations": sim, "refusal_detection": out["refusal_detection"],
     }

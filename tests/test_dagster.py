@@ -111,6 +111,25 @@ def test_demo_chain_runs_through_the_dagster_job_with_each_steps_config(tmp_path
     assert PolicyRegistry.from_config(base.settings(), base.data_home()).champion_version() == "1"
 
 
+def test_demo_runner_names_the_cause_of_a_failed_update(tmp_path):
+    """A step that fails for a reason other than a gate check (its model folder is gone): the
+    runner raises one line naming the op's own error, not Dagster's wrapper."""
+    from assets.demo import dagster_runner
+    from sdft_ops.demo import DemoChain, run_chain
+
+    cfg = tiny_config(tiny_base(tmp_path / "base"))
+    base = _resource(tmp_path, cfg, "base")
+    missing = tmp_path / "no-such-model"
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump({"config": "base.yaml", "steps": [
+        {"domain": "tooluse", "overrides": {"model": {"name_or_path": str(missing)}}}]}))
+    chain = DemoChain.from_yaml(tmp_path / "chain.yaml")
+    with dg.instance_for_test() as instance, pytest.raises(RuntimeError) as failure:
+        run_chain(dagster_runner(instance, base), chain, base.data_home())
+    message = str(failure.value)
+    assert message.startswith("update ") and "no-such-model" in message, message
+    assert "DagsterExecutionStepExecutionError" not in message
+
+
 def test_inbox_sensor_admits_valid_files_and_reports_bad_ones(tmp_path):
     sdft_ops = SdftOpsResource(home=str(tmp_path / "home"), inbox=str(tmp_path / "inbox"))
     inbox = sdft_ops.inbox_dir()

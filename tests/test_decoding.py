@@ -160,6 +160,26 @@ def test_prompts_of_different_lengths_run_in_groups_with_the_logits_of_the_plain
             grouped.step(step)
 
 
+def test_the_grouped_prompt_pass_runs_under_bf16_autocast(tiny):
+    """A CPU with native bf16 decodes under bf16 autocast, where the rotary embedding leaves the
+    keys in float32 and the values in bf16: the grouped cache keeps each one's dtype (it once laid
+    the values into a float32 buffer and failed) and follows the plain batch."""
+    from sdft_ops.engine.prefill import left_pad
+    from sdft_ops.engine.sampling import _ModelCalls
+
+    model, tok = tiny
+    encoded = [tok(q * (1 + 3 * i), add_special_tokens=False)["input_ids"] for i, q in enumerate(QUESTIONS)]
+    ids, mask = left_pad(encoded, tok.pad_token_id, model.device)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = _ModelCalls(model, ids, mask, 4, "eager")
+        grouped = _ModelCalls(model, ids, mask, 4, "eager", prompts=encoded, pad_id=tok.pad_token_id)
+        for _ in range(3):
+            torch.testing.assert_close(grouped.logits.float(), plain.logits.float(), atol=0.1, rtol=0.05)
+            step = plain.logits.argmax(-1)
+            plain.step(step)
+            grouped.step(step)
+
+
 @pytest.mark.parametrize("lengths", [[5], [40, 3, 3, 3], [9, 8, 8, 7, 2, 2, 1], list(range(1, 30))])
 def test_length_groups_partition_the_rows_at_the_least_cost(lengths):
     """Every row in exactly one group, groups in longest-first order, and no partition of the

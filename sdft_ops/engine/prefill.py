@@ -135,9 +135,10 @@ def grouped_prefill(model, prompts: Sequence[Sequence[int]], prefix: int, pad_id
         parts.append((rows, ids.shape[1], [(layer.keys, layer.values) for layer in out.cache.layers]))
     layers = []
     for index in range(len(parts[0][2])):
-        k0 = parts[0][2][index][0]
+        k0, v0 = parts[0][2][index]
         keys = k0.new_zeros(len(prompts), k0.shape[1], prefix + widest, k0.shape[3])
-        values = torch.zeros_like(keys)
+        # under bf16 autocast the keys leave the rotary embedding in float32, the values in bf16
+        values = v0.new_zeros(len(prompts), v0.shape[1], prefix + widest, v0.shape[3])
         if head is not None:
             keys[:, :, :prefix], values[:, :, :prefix] = head[index]
         for rows, width, group_layers in parts:
