@@ -8,9 +8,15 @@ runs on a CPU, every `nn.Linear` computes calls of 2 to `MAX_ROWS` rows from a p
 weight; a single row (MKL's gemv is faster) and a long prompt use the weight itself. The copy is
 remade when the weight changes (its version counter moves on an optimizer or EMA step).
 
-Only float32 weights that are plain CPU tensors (not FSDP2's DTensors), float32 calls (not under
-bf16 autocast, which a CPU with native bf16 runs), and only where torch has oneDNN; elsewhere
-nothing changes. Results equal float32's up to rounding (logits within ~1e-4).
+Under bf16 autocast (a CPU with native bf16: `engine.precision`) every call without gradients
+runs on a bf16 packed copy instead, any row count: autocast casts a weight to bf16 on every call
+unless it is a leaf that requires grad, so the frozen blocks of a `train_layers` update and the
+whole EMA teacher were cast again at every decode step (a training rollout of 32 rows x 64
+tokens took ~18 s, most of a step's time). The input is cast as autocast would cast it.
+
+Only float32 weights that are plain CPU tensors (not FSDP2's DTensors), and only where torch has
+oneDNN (bf16: where oneDNN runs it natively); elsewhere nothing changes. Results equal float32's
+(or bf16 autocast's) up to rounding (logits within ~1e-4 in float32).
 """
 
 from __future__ import annotations
@@ -39,18 +45,33 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
     return linears if ok else []
 
 
+@functools.cache
+def _bf16_native() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _forward(linear: nn.Linear, packed: dict, x: torch.Tensor) -> torch.Tensor:
-    rows = x.numel() // x.shape[-1]
-    if (not (MIN_ROWS <= rows <= MAX_ROWS) or torch.is_grad_enabled()
-            or torch.is_autocast_enabled("cpu") or x.dtype != linear.weight.dtype):
-        # bf16 autocast (a CPU with native bf16) runs oneDNN's bf16 kernels, not MKL's sgemm
+    if torch.is_grad_enabled():
         return F.linear(x, linear.weight, linear.bias)
+    if torch.is_autocast_enabled("cpu"):
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16 or not _bf16_native():
+            return F.linear(x, linear.weight, linear.bias)
+        dtype = torch.bfloat16
+    else:
+        rows = x.numel() // x.shape[-1]
+        if not (MIN_ROWS <= rows <= MAX_ROWS) or x.dtype != linear.weight.dtype:
+            return F.linear(x, linear.weight, linear.bias)
+        dtype = torch.float32
     weight = linear.weight
-    key = (weight.data_ptr(), weight._version)
+    key = (weight.data_ptr(), weight._version, dtype)
     if packed.get("key") != key:
         packed["key"], packed["weight"] = key, torch.ops.mkldnn._reorder_linear_weight(
-            weight.detach(), PACK_HINT)
-    return torch.ops.mkldnn._linear_pointwise(x, packed["weight"], linear.bias, "none", [], "")
+            weight.detach().to(dtype), PACK_HINT)
+    bias = None if linear.bias is None else linear.bias.to(dtype)  # small: cast per call, never stale
+    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed["weight"], bias, "none", [], "")
 
 
 @contextlib.contextmanager
