@@ -5,13 +5,10 @@
 #
 #   SDFT_OPS_HOME=... DAGSTER_HOME=... bash docs/screenshots.sh   # the demo's data homes
 #
-# Not done yet (first try, 2026-12-07): Dagster's first-visit "Join the Dagster community" modal
-# covers the page and the retention plot stays behind "[Show Markdown]"; MLflow's assistant panel
-# takes a third of the width and the version descriptions are cut. Both need a scripted browser
-# (dismiss, click, widen) before the pictures show what they should.
-#
-# Needs Debian's chromium (`apt-get install chromium`). Writes docs/img/dagster_eval.png and
-# docs/img/mlflow_lineage.png; both servers listen on 127.0.0.1 only and are stopped at the end.
+# Needs Debian's chromium (`apt-get install chromium`) and playwright-core (`npm install --no-save
+# playwright-core` in docs/), which clicks past Dagster's first-visit modal and opens the plot's
+# markdown (docs/screenshots.mjs). Writes docs/img/dagster_eval.png and docs/img/mlflow_lineage.png;
+# both servers listen on 127.0.0.1 only and are stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${SDFT_OPS_HOME:=$PWD/.sdft_ops}" "${DAGSTER_HOME:=$PWD/.dagster_home}"
@@ -25,10 +22,6 @@ trap 'kill $DAGSTER $MLFLOW 2>/dev/null || true' EXIT
 for url in http://127.0.0.1:3000/server_info http://127.0.0.1:5000/health; do
   for _ in $(seq 120); do curl -sf "$url" >/dev/null && break; sleep 1; done
 done
-shot() {  # url, file
-  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,1400 \
-    --virtual-time-budget=20000 --screenshot="$2" "$1" 2>/dev/null
-}
-shot "http://127.0.0.1:3000/assets/eval_results" docs/img/dagster_eval.png
-shot "http://127.0.0.1:5000/#/models/${MODEL_NAME:-sdft-ops-policy}" docs/img/mlflow_lineage.png
+mkdir -p docs/img
+(cd docs && node screenshots.mjs img)
 ls -l docs/img/
