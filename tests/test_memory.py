@@ -25,6 +25,26 @@ def test_the_peak_counts_memory_touched_since_the_reset_and_forgets_what_came_be
     del block
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_the_window_starts_at_live_memory_not_at_freed_heap_chunks():
+    """Freed small allocations stay resident in the heap's holes (a live one above them keeps the
+    heap from shrinking); the reset hands them back first, so the window does not start there."""
+    chunks = [bytearray(b"\x03" * 4000) for _ in range(64_000)]  # ~0.25 GiB of heap, written
+    keep = chunks[::64]
+    del chunks
+    resident = _rss_gb()
+    reset_peak_rss()
+    assert resident - peak_rss_gb() > 0.15
+    del keep
+
+
+def _rss_gb() -> float:
+    import re
+    from pathlib import Path
+
+    return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024**2
+
+
 def test_a_training_run_reports_its_peak_rss_per_step_and_at_the_end():
     model, tok = build_tiny()
     demos = [Demonstration(id=f"d{i}", prompt=f"What is {i} plus {i}?", demonstration=f"{2 * i}.",
