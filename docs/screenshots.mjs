@@ -23,7 +23,7 @@ for (const name of [/dismiss/i, /no thanks/i, /not now/i, /close/i, /skip/i]) {
 }
 await page.keyboard.press("Escape");
 // the retention plot is the materialization's `retention_plot` markdown entry
-await clickIfThere(page.getByText(/show markdown/i), 5000);
+await clickIfThere(page.locator("tr", { hasText: "retention_plot" }).getByText(/show markdown/i), 5000);
 await page.waitForTimeout(1500);
 const plot = page.locator("img[src^='data:image/png']");
 if (await plot.count()) {
@@ -40,5 +40,5 @@ for (const name of [/close/i, /dismiss/i, /collapse/i]) {
 }
 await page.screenshot({ path: `${out}/mlflow_lineage.png`, fullPage: true });
 const text = await page.locator("body").innerText();
-console.log(`mlflow: version descriptions ${/trained from (version \d|the base model)/i.test(text) ? "shown" : "NOT shown"}`);
+console.log(`mlflow: lineage ${/parent_version/i.test(text) && /champion/i.test(text) ? "shown" : "NOT shown"}`);
 await browser.close();
