@@ -261,6 +261,6 @@ def test_few_row_calls_run_on_packed_weights_remade_when_the_weights_change():
         one = torch.randn(1, 24)
         torch.testing.assert_close(model(one), F.linear(one.bfloat16(), layer.weight, layer.bias),
                                    atol=2e-2, rtol=2e-2)
-        if packed_linear._bf16_native():
+        if packed_linear.onednn_bf16():
             assert packed_linear._PACKED[layer]["key"][2] == torch.bfloat16
             assert packed_linear._PACKED[layer]["weight"].dtype == torch.bfloat16

@@ -15,7 +15,7 @@ from sdft_ops.update_state import load_state, update_dir  # noqa: E402
 
 mode, domain = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "triage")
 if mode == "unpacked":
-    packed_linear._bf16_native = lambda: False  # autocast's own per-call casts in every decode
+    packed_linear.onednn_bf16 = lambda: False  # autocast's own per-call casts in every decode
 recipe = "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-128x2-k16-lr6e-4"
 cfg, update_id = recipes.recipe_config(recipe), f"probe-{mode}-{domain}"
 shutil.rmtree(update_dir(recipes.HOME, update_id), ignore_errors=True)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdft_ops.engine.precision import onednn_bf16
+
 MIN_ROWS, MAX_ROWS = 2, 128
 PACK_HINT = 32  # the rows oneDNN lays the packed weight out for; any row count works
 # layer -> {"key": (weight pointer, version), "weight": packed copy}; outside the module, which
@@ -45,19 +47,11 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
     return linears if ok else []
 
 
-@functools.cache
-def _bf16_native() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _forward(linear: nn.Linear, packed: dict, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled():
         return F.linear(x, linear.weight, linear.bias)
     if torch.is_autocast_enabled("cpu"):
-        if torch.get_autocast_dtype("cpu") != torch.bfloat16 or not _bf16_native():
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16 or not onednn_bf16():
             return F.linear(x, linear.weight, linear.bias)
         dtype = torch.bfloat16
     else:

@@ -18,13 +18,21 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
+def onednn_bf16() -> bool | None:
+    """Whether oneDNN runs bf16 natively on this CPU; None where torch cannot say."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+@functools.cache
 def bf16_is_fast(device_type: str) -> bool:
     """True where bfloat16 autocast speeds things up: CUDA/MPS, or a CPU oneDNN runs bf16 on."""
     if device_type != "cpu":
         return True
-    try:
-        fast = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+    fast = onednn_bf16()
+    if fast is None:
         fast = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX", "AVX2")
     if not fast:
         log.warning("this CPU has no native bfloat16 (capability %s): bf16 autocast would be "
