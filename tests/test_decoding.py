@@ -162,8 +162,9 @@ def test_prompts_of_different_lengths_run_in_groups_with_the_logits_of_the_plain
 
 def test_the_grouped_prompt_pass_runs_under_bf16_autocast(tiny):
     """A CPU with native bf16 decodes under bf16 autocast, where the rotary embedding leaves the
-    keys in float32 and the values in bf16: the grouped cache keeps each one's dtype (it once laid
-    the values into a float32 buffer and failed) and follows the plain batch."""
+    keys in float32 and the values in bf16: the grouped cache lays both into buffers of the
+    values' dtype (it once laid the values into a float32 buffer and failed) and follows the
+    plain batch."""
     from sdft_ops.engine.prefill import left_pad
     from sdft_ops.engine.sampling import _ModelCalls
 
@@ -178,6 +179,40 @@ def test_the_grouped_prompt_pass_runs_under_bf16_autocast(tiny):
             step = plain.logits.argmax(-1)
             plain.step(step)
             grouped.step(step)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_reserved_cache_gives_the_logits_of_transformers_growing_cache(tiny, autocast):
+    """The decode writes its KV cache in place into buffers reserved for prompt + max_new_tokens
+    (keys in the values' dtype) and grows them past that; step by step its logits are exactly
+    those of transformers' own concatenating DynamicCache, in float32 and under bf16 autocast
+    (where attention casts the keys to bf16 either way)."""
+    import contextlib
+
+    from transformers import DynamicCache
+
+    from sdft_ops.engine.prefill import left_pad, position_ids
+    from sdft_ops.engine.sampling import _ModelCalls
+
+    model, tok = tiny
+    encoded = [tok(q * (1 + 3 * i), add_special_tokens=False)["input_ids"] for i, q in enumerate(QUESTIONS)]
+    ids, mask = left_pad(encoded, tok.pad_token_id, model.device)
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.no_grad(), precision:
+        reserved = _ModelCalls(model, ids, mask, 2, "eager")  # room for 2 tokens: step 3 grows it
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                    cache=DynamicCache(config=model.config), use_cache=True)
+        attn, pos, growing = mask, position_ids(mask)[:, -1:], out.cache
+        for _ in range(5):
+            torch.testing.assert_close(reserved.logits, out.logits[:, -1], atol=0, rtol=0)
+            step = out.logits[:, -1].argmax(-1)
+            reserved.step(step)
+            attn, pos = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1), pos + 1
+            out = model(input_ids=step[:, None], attention_mask=attn, position_ids=pos, cache=growing,
+                        use_cache=True)
+    layer = reserved.cache.layers[0]
+    assert type(layer).__name__ == "ReservedLayer" and layer.get_seq_length() == ids.shape[1] + 5
+    assert layer.keys.dtype == (torch.bfloat16 if autocast else torch.float32)
 
 
 @pytest.mark.parametrize("lengths", [[5], [40, 3, 3, 3], [9, 8, 8, 7, 2, 2, 1], list(range(1, 30))])

@@ -57,7 +57,7 @@ from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample, prepare_examples
 from sdft_ops.engine.distributed import full, join_process_group, no_gradient_sync, shard
 from sdft_ops.engine.losses import completion_mask, odds_ratio_loss, sequence_mean, token_divergence
-from sdft_ops.engine.memory import peak_rss_gb, reset_peak_rss
+from sdft_ops.engine.memory import limit_heap_fragmentation, peak_rss_gb, reset_peak_rss
 from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.rollout import Completions, RolloutCheck, sample_completions, teacher_rows
 from sdft_ops.engine.sampling import left_pad, position_ids, row_seed, stop_ids
@@ -277,6 +277,7 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 and not fsdp else None
     model.train()
+    limit_heap_fragmentation()
     reset_peak_rss()  # the model, teacher and optimizer are resident by now: the window counts them
     result, began = TrainResult(steps=total, seconds=0.0,
                                 demo_tokens_cut=sum(e.demo_tokens_cut for e in examples),

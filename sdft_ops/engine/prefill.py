@@ -15,10 +15,17 @@ compute-bound, so the padding is paid in full. Here:
 
 Only for caches made of plain `DynamicLayer`s (full attention); other layouts (sliding windows)
 take the plain batch.
+
+The assembled cache is made of `ReservedLayer`s: buffers of the prompt width plus the tokens the
+decode may add, filled in place. transformers' `DynamicLayer` grows by concatenation, which
+allocates a new cache-sized tensor per layer per token (a 32-row teacher rollout: ~12 MB, 60 times
+per token); that churn cost ~1.4 s of a 10 s rollout and fragmented the heap, so a training
+process's RSS crept up by ~0.1 GB per rollout (experiments/2026-12-07-step-cost/LOG.md).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -98,6 +105,100 @@ def repeated(head, rows: int):
                                         for k, v in head])
 
 
+@functools.cache
+def _reserved_layer_class():
+    """`ReservedLayer`, defined on first use: transformers is imported only by what decodes."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        """A `DynamicLayer` whose keys and values live in buffers reserved up front: `update`
+        writes the new tokens in place (growing the buffers only past their capacity). Keys are
+        stored in the values' dtype: under bf16 autocast they leave the rotary embedding in
+        float32 and attention casts them to bf16 at every call, so bf16 storage gives the same
+        numbers at 3/4 of the cache's memory."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+            super().__init__()
+            self.device, self.is_initialized = keys.device, True
+            self._buffers, self.length = (keys, values), length
+            self._view()
+
+        def _view(self) -> None:
+            keys, values = self._buffers
+            self.keys, self.values = keys[:, :, : self.length], values[:, :, : self.length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            keys, values = self._buffers
+            end = self.length + key_states.shape[-2]
+            if end > keys.shape[-2]:  # past the reservation: grow by doubling, not per token
+                grown = [b.new_empty(*b.shape[:2], max(end, 2 * b.shape[-2]), b.shape[-1])
+                         for b in self._buffers]
+                for new, old in zip(grown, self._buffers):
+                    new[:, :, : self.length] = old[:, :, : self.length]
+                keys, values = self._buffers = tuple(grown)
+            keys[:, :, self.length : end] = key_states
+            values[:, :, self.length : end] = value_states
+            self.length = end
+            self._view()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove > 0:
+                raise ValueError("crop takes the (negative) number of tokens to remove")
+            self.length += tokens_to_remove
+            self._view()
+
+        def _rows(self, pick) -> None:
+            self._buffers = tuple(pick(b) for b in self._buffers)
+            self._view()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._rows(lambda b: b[indices])
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            self._rows(lambda b: b.index_select(0, beam_idx.to(b.device)))
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self._rows(lambda b: b.repeat_interleave(repeats, dim=0))
+
+        def reset(self) -> None:
+            self.length = 0
+            self._view()
+
+    return ReservedLayer
+
+
+def reserved_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], length: int):
+    """A DynamicCache of `ReservedLayer`s over per-layer (keys, values) buffers whose first
+    `length` positions hold the cache (their last dimension but one is the capacity)."""
+    from transformers import DynamicCache
+
+    cls = _reserved_layer_class()
+    cache = DynamicCache()
+    cache.layers = [cls(keys, values, length) for keys, values in layers]
+    return cache
+
+
+def reserve(cache, extra: int):
+    """`cache` (plain layers) copied into a `reserved_cache` with room for `extra` more tokens;
+    any other cache is returned as it is."""
+    from transformers.cache_utils import DynamicLayer
+
+    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return cache
+    length, buffers = cache.layers[0].keys.shape[-2], []
+    for layer in cache.layers:
+        keys, values = layer.keys, layer.values
+        shape = (*values.shape[:2], length + extra, values.shape[-1])
+        new_keys, new_values = values.new_empty(shape), values.new_empty(shape)
+        new_keys[:, :, :length], new_values[:, :, :length] = keys, values
+        buffers.append((new_keys, new_values))
+    return reserved_cache(buffers, length)
+
+
 def _plain_layers(model) -> bool:
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
@@ -105,12 +206,12 @@ def _plain_layers(model) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
-def grouped_prefill(model, prompts: Sequence[Sequence[int]], prefix: int, pad_id: int):
+def grouped_prefill(model, prompts: Sequence[Sequence[int]], prefix: int, pad_id: int,
+                    reserve_tokens: int = 0):
     """→ (cache, attention mask (B, prefix + widest own part), logits (B, V) after each prompt),
     or None where the model's cache is not made of plain layers. `prefix`: leading tokens every
-    prompt shares (0: none); each prompt keeps at least one token of its own."""
-    from transformers import DynamicCache
-
+    prompt shares (0: none); each prompt keeps at least one token of its own. The cache is a
+    `reserved_cache` with room for `reserve_tokens` more."""
     if not _plain_layers(model):
         return None
     device = next(model.parameters()).device
@@ -135,15 +236,16 @@ def grouped_prefill(model, prompts: Sequence[Sequence[int]], prefix: int, pad_id
         parts.append((rows, ids.shape[1], [(layer.keys, layer.values) for layer in out.cache.layers]))
     layers = []
     for index in range(len(parts[0][2])):
-        k0, v0 = parts[0][2][index]
-        keys = k0.new_zeros(len(prompts), k0.shape[1], prefix + widest, k0.shape[3])
-        # under bf16 autocast the keys leave the rotary embedding in float32, the values in bf16
-        values = v0.new_zeros(len(prompts), v0.shape[1], prefix + widest, v0.shape[3])
+        _, v0 = parts[0][2][index]
+        # under bf16 autocast the keys leave the rotary embedding in float32, the values in
+        # bf16: both are kept in the values' dtype (`ReservedLayer`)
+        keys, values = (v0.new_zeros(len(prompts), v0.shape[1], prefix + widest + reserve_tokens,
+                                     v0.shape[3]) for _ in range(2))
         if head is not None:
             keys[:, :, :prefix], values[:, :, :prefix] = head[index]
         for rows, width, group_layers in parts:
             k, v = group_layers[index]
-            keys[rows, :, prefix + widest - width:] = k[:, :, prefix:]
-            values[rows, :, prefix + widest - width:] = v[:, :, prefix:]
+            keys[rows, :, prefix + widest - width : prefix + widest] = k[:, :, prefix:].to(keys.dtype)
+            values[rows, :, prefix + widest - width : prefix + widest] = v[:, :, prefix:]
         layers.append((keys, values))
-    return DynamicCache(ddp_cache_data=layers), attn, logits
+    return reserved_cache(layers, prefix + widest), attn, logits

@@ -29,7 +29,8 @@ from typing import Literal
 import torch
 
 from sdft_ops.engine.packed_linear import packed_linears
-from sdft_ops.engine.prefill import MIN_SHARED_PREFIX, grouped_prefill, left_pad, position_ids, shared_prefix
+from sdft_ops.engine.prefill import (MIN_SHARED_PREFIX, grouped_prefill, left_pad, position_ids, reserve,
+                                    shared_prefix)
 
 
 def row_seed(*parts: object) -> int:
@@ -93,7 +94,8 @@ def resolve_backend(backend: DecodeBackend, device: torch.device) -> str:
 class _ModelCalls:
     """The model calls of one decode: the prompt, then one token per call.
 
-    - eager: transformers' growing KV cache; the attention mask grows by a column per token.
+    - eager: a KV cache reserved for prompt + max_new_tokens, filled in place
+      (`prefill.ReservedLayer`); the attention mask grows by a column per token.
       Given the prompts, the prompt pass runs in length groups (`prefill.grouped_prefill`);
       without them (or for a cache of other than plain layers) as one left-padded batch.
     - static: a StaticCache of prompt + max_new_tokens and a mask of that full width (future
@@ -108,7 +110,8 @@ class _ModelCalls:
         self.pos = position_ids(mask)[:, -1:]
         if prompts is not None and backend == "eager":
             prefix = shared_prefix(prompts)
-            grouped = grouped_prefill(model, prompts, prefix if prefix >= MIN_SHARED_PREFIX else 0, pad_id)
+            grouped = grouped_prefill(model, prompts, prefix if prefix >= MIN_SHARED_PREFIX else 0, pad_id,
+                                      reserve_tokens=max_new_tokens)
             if grouped is not None:
                 self.cache, self.attn, self.logits = grouped
                 self.pos, self.step_fn, self.width = position_ids(self.attn)[:, -1:], model, self.attn.shape[1]
@@ -130,6 +133,8 @@ class _ModelCalls:
                     position_ids=position_ids(mask), cache=self.cache, use_cache=True, logits_to_keep=1)
         # transformers ≥ 5.24 names the KV cache `cache` (in and out); we require that version
         self.cache, self.logits = out.cache, out.logits[:, -1, :]
+        if backend == "eager":  # written in place from here on, not grown by concatenation
+            self.cache = reserve(self.cache, max_new_tokens)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only these batch rows (eager): their KV-cache rows, mask, positions and logits."""
