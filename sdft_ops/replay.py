@@ -7,9 +7,11 @@ The draw is a seeded shuffle of the pool sorted by (update id, demonstration id)
 replay seed and the new data's content hash: the same champion and the same data always replay
 the same demonstrations. Replayed ids (`replay:<update id>:<demo id>`) are recorded in the update
 state and logged to its MLflow run. `kind_shares` stratifies the draw by the demonstrations'
-`metadata.kind` (the safety domain's `refusal` / `benign`): `{refusal: 0.5}` makes half of the
-replayed demonstrations refusals, the rest drawn from the other kinds (a kind with fewer
-demonstrations than its quota gives all it has). Under SDFT a replayed prompt is distilled like a new one,
+`metadata.kind` (the safety domain's `refusal` / `benign`), or their domain where they have no
+kind (an earlier domain update's demonstrations: `tooluse`): `{refusal: 0.5}` makes half of the
+replayed demonstrations refusals, the rest drawn from the other kinds, and `{refusal: 0.5,
+tooluse: 0.3}` also sets how much of an earlier domain a later update keeps seeing (a kind with
+fewer demonstrations than its quota gives all it has). Under SDFT a replayed prompt is distilled like a new one,
 with its own demonstration in the teacher's context (`learn_as: rollout`), or learned as its
 demonstration without a rollout (`learn_as: demonstration`: no decode for half of a 1.0 replay);
 under SFT it is one more label.
@@ -35,7 +37,8 @@ class ReplayConfig(BaseModel):
     fraction: float = Field(0.0, ge=0.0, le=4.0, description="replayed / new demonstrations")
     seed: int = 0
     kind_shares: dict[str, float] = Field(
-        default_factory=dict, description="metadata.kind → share of the replayed demonstrations")
+        default_factory=dict, description="metadata.kind (else the domain) → share of the replayed "
+        "demonstrations")
     learn_as: Literal["rollout", "demonstration"] = Field(
         "rollout", description="under SDFT, rollout: a replayed prompt is distilled like a new "
         "one; demonstration: it is learned as its recorded demonstration (an answer the lineage "
@@ -81,7 +84,7 @@ def draw_replay(pool: Sequence[Demonstration], n_new: int, cfg: ReplayConfig,
     quota = {kind: round(share * n) for kind, share in cfg.kind_shares.items()}
     rest, chosen = n - sum(quota.values()), []
     for i in order:
-        kind = pool[i].metadata.get("kind")
+        kind = pool[i].metadata.get("kind") or pool[i].domain
         if quota.get(kind, 0) > 0:
             quota[kind] -= 1
         elif kind in quota or rest == 0:
