@@ -93,6 +93,23 @@ def test_a_training_run_reports_its_peak_rss_per_step_and_at_the_end():
     assert all(0 < h["train/peak_rss_gb"] <= result.peak_rss_gb for h in result.history)
 
 
+def test_freed_heap_is_handed_back_before_each_rollout_decode_of_several_steps(monkeypatch):
+    from sdft_ops.engine import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "release_freed_memory", lambda: calls.append(1))
+    model, tok = build_tiny()
+    demos = [Demonstration(id=f"d{i}", prompt=f"What is {i} plus {i}?", demonstration=f"{2 * i}.",
+                           domain="math") for i in range(8)]
+    train(model, tok, demos, SDFTConfig(max_steps=4, prompts_per_step=2, max_new_tokens=4,
+                                        steps_per_generation=2, autocast_bf16=False), progress=False)
+    assert len(calls) == 2  # one per decode of 2 steps' rollouts
+    calls.clear()
+    train(model, tok, demos, SDFTConfig(max_steps=2, prompts_per_step=2, max_new_tokens=4,
+                                        autocast_bf16=False), progress=False)
+    assert calls == []  # a decode per step: no collection per step
+
+
 def test_micro_batches_hold_rows_of_like_length_and_train_as_one_batch(monkeypatch):
     from sdft_ops.engine import loop
 
