@@ -368,7 +368,9 @@ def choose(rows: list[dict]) -> dict | None:
 
 
 def write(champion: dict, rows: list[dict]) -> dict:
-    chosen = choose(rows)
+    # chosen from the current champion's rows: their costs are this machine's (earlier sections
+    # were measured elsewhere, e.g. in float32 on another CPU)
+    chosen = choose([r for r in rows if r["champion"] == champion_key(champion)])
     bar_met = {d: sorted({r["recipe"] for r in rows if r["domain"] == d and meets_bar(r)})
                for d in sorted({r["domain"] for r in rows})}
     out = {"safety_champion": champion, "bar": BAR, "rows": rows, "bar_met": bar_met, "chosen": chosen}
