@@ -145,30 +145,24 @@ def _reserved_layer_class():
         def get_seq_length(self) -> int:
             return self.length
 
-        def crop(self, tokens_to_remove: int) -> None:
-            if tokens_to_remove > 0:
-                raise ValueError("crop takes the (negative) number of tokens to remove")
-            self.length += tokens_to_remove
-            self._view()
-
-        def _rows(self, pick) -> None:
-            self._buffers = tuple(pick(b) for b in self._buffers)
-            self._view()
-
         def batch_select_indices(self, indices: torch.Tensor) -> None:
-            self._rows(lambda b: b[indices])
-
-        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-            self._rows(lambda b: b.index_select(0, beam_idx.to(b.device)))
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            self._rows(lambda b: b.repeat_interleave(repeats, dim=0))
-
-        def reset(self) -> None:
-            self.length = 0
+            self._buffers = tuple(b[indices] for b in self._buffers)
             self._view()
+
+        def _unsupported(self, *args, **kwargs):
+            raise NotImplementedError("the decoder's reserved KV cache only grows and drops rows")
+
+        # DynamicLayer's versions would replace the views and leave the buffers behind
+        crop = reorder_cache = batch_repeat_interleave = reset = _unsupported
 
     return ReservedLayer
+
+
+def _buffers(like: torch.Tensor, rows: int, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed (keys, values) buffers of `capacity` positions for `rows` rows, both in the dtype of
+    `like` (a layer's values: see `ReservedLayer`)."""
+    shape = (rows, like.shape[1], capacity, like.shape[3])
+    return like.new_zeros(shape), like.new_zeros(shape)
 
 
 def reserved_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], length: int):
@@ -191,11 +185,9 @@ def reserve(cache, extra: int):
         return cache
     length, buffers = cache.layers[0].keys.shape[-2], []
     for layer in cache.layers:
-        keys, values = layer.keys, layer.values
-        shape = (*values.shape[:2], length + extra, values.shape[-1])
-        new_keys, new_values = values.new_empty(shape), values.new_empty(shape)
-        new_keys[:, :, :length], new_values[:, :, :length] = keys, values
-        buffers.append((new_keys, new_values))
+        keys, values = _buffers(layer.values, layer.values.shape[0], length + extra)
+        keys[:, :, :length], values[:, :, :length] = layer.keys, layer.values
+        buffers.append((keys, values))
     return reserved_cache(buffers, length)
 
 
@@ -236,11 +228,7 @@ def grouped_prefill(model, prompts: Sequence[Sequence[int]], prefix: int, pad_id
         parts.append((rows, ids.shape[1], [(layer.keys, layer.values) for layer in out.cache.layers]))
     layers = []
     for index in range(len(parts[0][2])):
-        _, v0 = parts[0][2][index]
-        # under bf16 autocast the keys leave the rotary embedding in float32, the values in
-        # bf16: both are kept in the values' dtype (`ReservedLayer`)
-        keys, values = (v0.new_zeros(len(prompts), v0.shape[1], prefix + widest + reserve_tokens,
-                                     v0.shape[3]) for _ in range(2))
+        keys, values = _buffers(parts[0][2][index][1], len(prompts), prefix + widest + reserve_tokens)
         if head is not None:
             keys[:, :, :prefix], values[:, :, :prefix] = head[index]
         for rows, width, group_layers in parts:
