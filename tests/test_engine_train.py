@@ -217,3 +217,28 @@ def test_teacher_ceiling_scores_teacher_and_student_and_refuses_when_strict(tiny
     with pytest.raises(TeacherCeilingTooLow, match="teacher ceiling 0.00 < floor 0.50"):
         teacher_ceiling(model, tok, demos, lambda p, r: 0.0, sample_size=2, max_new_tokens=2,
                         bf16=False, floor=0.5, strict=True)
+
+
+def test_frozen_blocks_held_in_bf16_train_to_the_same_weights(monkeypatch):
+    import contextlib
+
+    from sdft_ops.engine import precision
+    from sdft_ops.models import freeze_below_top
+
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: True)  # autocast on any CPU
+    monkeypatch.setattr(train_module, "bf16_is_fast", lambda device: True)
+    cfg = SDFTConfig(max_steps=2, learning_rate=1e-3, rollout="teacher", steps_per_generation=2,
+                     **FAST | {"autocast_bf16": True})
+    trained = []
+    for hold in (True, False):
+        if not hold:
+            monkeypatch.setattr(train_module, "frozen_weights_in_bf16",
+                                lambda model, enabled, spill_dir=None: contextlib.nullcontext())
+        model, tok = build_tiny()
+        freeze_below_top(model, 1)
+        train(model, tok, _demos(), cfg, progress=False)
+        trained.append(_weights(model))
+    initial, _ = build_tiny()
+    assert any(not torch.equal(a, b) for a, b in zip(initial.parameters(), trained[0].values()))
+    for name, weight in trained[0].items():
+        assert weight.dtype == torch.float32 and torch.equal(weight, trained[1][name]), name

@@ -58,7 +58,7 @@ from sdft_ops.engine.context import PreparedExample, prepare_examples
 from sdft_ops.engine.distributed import full, join_process_group, no_gradient_sync, shard
 from sdft_ops.engine.losses import completion_mask, odds_ratio_loss, sequence_mean, token_divergence
 from sdft_ops.engine.memory import limit_heap_fragmentation, peak_rss_gb, release_freed_memory, reset_peak_rss
-from sdft_ops.engine.precision import bf16_autocast
+from sdft_ops.engine.precision import bf16_autocast, bf16_is_fast, frozen_weights_in_bf16
 from sdft_ops.engine.rollout import Completions, RolloutCheck, sample_completions, teacher_rows
 from sdft_ops.engine.sampling import left_pad, position_ids, row_seed, stop_ids
 from sdft_ops.engine.teacher import Teacher, is_peft
@@ -285,65 +285,69 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
     bar = tqdm(range(start, total), initial=start, total=total, disable=not progress or rank != 0,
                desc=f"{cfg.method} update", unit="step")
     ahead: dict[int, Completions] = {}  # global position → its completion, decoded ahead
-    for step in bar:
-        t0 = time.perf_counter()
-        mine = batch_positions(step, len(examples), cfg)[rank::world]
-        optimizer.zero_grad(set_to_none=True)  # before the decode: the last step's gradients are spent
-        if teacher is not None and cfg.steps_per_generation > 1 and mine[0][0] not in ahead:
-            ahead = _decode_ahead(model, teacher, examples, step, min(step + cfg.steps_per_generation, total),
-                                  total, rank, world, cfg, eos_ids, pad_id, check)
-        micro = len(mine) // cfg.grad_accum_steps
-        if cfg.grad_accum_steps > 1:  # rows of like length share a micro-batch: less padding computed
-            mine = sorted(mine, key=lambda qi: (len(examples[qi[1]].student_prompt) + len(examples[qi[1]].target), qi))
-        totals = torch.zeros(5)  # loss sum, completion tokens, ending in EOS, teacher rollouts, replaced
-        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
-        for c, chunk in enumerate(chunks):
-            batch = [examples[i] for _, i in chunk]
-            # gradients are synchronised on the last micro-batch only
-            with no_gradient_sync(model, ddp, skip=c < len(chunks) - 1):
-                if teacher is not None:
-                    seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
-                    sources = teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in chunk])
-                    rollout = _rows(ahead, [q for q, _ in chunk]) if ahead else None
-                    loss_sum, stats = sdft_step(model, teacher, batch, seeds, sources, cfg, eos_ids,
-                                                pad_id, check, grad_model=ddp, rollout=rollout)
-                else:
-                    loss_sum, stats = sft_step(model, batch, cfg, pad_id, grad_model=ddp)
-                (loss_sum * world / cfg.prompts_per_step).backward()
-            totals += torch.tensor([loss_sum.item(), stats["tokens"], stats["eos"],
-                                    stats["teacher_rollouts"], stats["replaced"]])
-        if world > 1:  # the step's metrics (not gradients) summed over ranks
-            torch.distributed.all_reduce(totals)
-        loss = totals[0].item() / cfg.prompts_per_step
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"non-finite loss {loss} at step {step}; lower the learning "
-                                   "rate or check the data. No checkpoint was written for it.")
-        grad_norm = full(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)).item()
-        optimizer.step()
-        scheduler.step()
-        if teacher is not None:
-            teacher.update(model)                                              # 5. EMA
-        seconds = time.perf_counter() - t0
-        metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
-                   "train/lr": scheduler.get_last_lr()[0], "train/step_seconds": seconds,
-                   "train/tokens_per_s": totals[1].item() / seconds,
-                   "train/completion_tokens": totals[1].item() / cfg.prompts_per_step,
-                   "train/eos_rate": totals[2].item() / cfg.prompts_per_step,
-                   "train/teacher_rollout_rate": totals[3].item() / cfg.prompts_per_step,
-                   "train/filter_replaced": totals[4].item()}
-        if (rss := peak_rss_gb()) is not None:
-            metrics["train/peak_rss_gb"] = rss
-        result.history.append({"step": step + 1, **metrics})
-        bar.set_postfix(loss=f"{loss:.4f}", gnorm=f"{grad_norm:.2f}", s=f"{seconds:.1f}")
-        if rank == 0:
-            for callback in callbacks:
-                callback(step + 1, metrics)
-        if ckpt_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            if rank == 0 or fsdp:  # FSDP: every rank gathers its shards, rank 0 writes
-                save_checkpoint(ckpt_dir, step + 1, model=model, teacher=teacher, optimizer=optimizer,
-                                scheduler=scheduler, fingerprint=cfg.fingerprint(), write=rank == 0)
-            if world > 1:  # no rank reads a half-written checkpoint folder
-                torch.distributed.barrier()
+    # frozen Linear weights in bf16 while autocast casts them to bf16 anyway (same results)
+    in_bf16 = cfg.autocast_bf16 and bf16_is_fast(device.type) and not fsdp and not is_peft(model)
+    with frozen_weights_in_bf16(model, in_bf16, spill_dir=ckpt_dir):
+        for step in bar:
+            t0 = time.perf_counter()
+            mine = batch_positions(step, len(examples), cfg)[rank::world]
+            optimizer.zero_grad(set_to_none=True)  # before the decode: the last step's gradients are spent
+            if teacher is not None and cfg.steps_per_generation > 1 and mine[0][0] not in ahead:
+                ahead = rollout = None  # the spent batch's kept logits go before the next decode
+                ahead = _decode_ahead(model, teacher, examples, step, min(step + cfg.steps_per_generation, total),
+                                      total, rank, world, cfg, eos_ids, pad_id, check)
+            micro = len(mine) // cfg.grad_accum_steps
+            if cfg.grad_accum_steps > 1:  # rows of like length share a micro-batch: less padding computed
+                mine = sorted(mine, key=lambda qi: (len(examples[qi[1]].student_prompt) + len(examples[qi[1]].target), qi))
+            totals = torch.zeros(5)  # loss sum, completion tokens, ending in EOS, teacher rollouts, replaced
+            chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+            for c, chunk in enumerate(chunks):
+                batch = [examples[i] for _, i in chunk]
+                # gradients are synchronised on the last micro-batch only
+                with no_gradient_sync(model, ddp, skip=c < len(chunks) - 1):
+                    if teacher is not None:
+                        seeds = [row_seed(cfg.seed, examples[i].id, q) for q, i in chunk]
+                        sources = teacher_rows(cfg, step, total, [(examples[i].id, q) for q, i in chunk])
+                        rollout = _rows(ahead, [q for q, _ in chunk]) if ahead else None
+                        loss_sum, stats = sdft_step(model, teacher, batch, seeds, sources, cfg, eos_ids,
+                                                    pad_id, check, grad_model=ddp, rollout=rollout)
+                    else:
+                        loss_sum, stats = sft_step(model, batch, cfg, pad_id, grad_model=ddp)
+                    (loss_sum * world / cfg.prompts_per_step).backward()
+                totals += torch.tensor([loss_sum.item(), stats["tokens"], stats["eos"],
+                                        stats["teacher_rollouts"], stats["replaced"]])
+            if world > 1:  # the step's metrics (not gradients) summed over ranks
+                torch.distributed.all_reduce(totals)
+            loss = totals[0].item() / cfg.prompts_per_step
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"non-finite loss {loss} at step {step}; lower the learning "
+                                       "rate or check the data. No checkpoint was written for it.")
+            grad_norm = full(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)).item()
+            optimizer.step()
+            scheduler.step()
+            if teacher is not None:
+                teacher.update(model)                                              # 5. EMA
+            seconds = time.perf_counter() - t0
+            metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
+                       "train/lr": scheduler.get_last_lr()[0], "train/step_seconds": seconds,
+                       "train/tokens_per_s": totals[1].item() / seconds,
+                       "train/completion_tokens": totals[1].item() / cfg.prompts_per_step,
+                       "train/eos_rate": totals[2].item() / cfg.prompts_per_step,
+                       "train/teacher_rollout_rate": totals[3].item() / cfg.prompts_per_step,
+                       "train/filter_replaced": totals[4].item()}
+            if (rss := peak_rss_gb()) is not None:
+                metrics["train/peak_rss_gb"] = rss
+            result.history.append({"step": step + 1, **metrics})
+            bar.set_postfix(loss=f"{loss:.4f}", gnorm=f"{grad_norm:.2f}", s=f"{seconds:.1f}")
+            if rank == 0:
+                for callback in callbacks:
+                    callback(step + 1, metrics)
+            if ckpt_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                if rank == 0 or fsdp:  # FSDP: every rank gathers its shards, rank 0 writes
+                    save_checkpoint(ckpt_dir, step + 1, model=model, teacher=teacher, optimizer=optimizer,
+                                    scheduler=scheduler, fingerprint=cfg.fingerprint(), write=rank == 0)
+                if world > 1:  # no rank reads a half-written checkpoint folder
+                    torch.distributed.barrier()
     result.seconds, result.peak_rss_gb = time.perf_counter() - began, peak_rss_gb()
     return result
 

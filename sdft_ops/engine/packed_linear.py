@@ -14,8 +14,9 @@ unless it is a leaf that requires grad, so the frozen blocks of a `train_layers`
 whole EMA teacher were cast again at every decode step (a training rollout of 32 rows x 64
 tokens took ~18 s, most of a step's time). The input is cast as autocast would cast it.
 
-Only float32 weights that are plain CPU tensors (not FSDP2's DTensors), and only where torch has
-oneDNN (bf16: where oneDNN runs it natively); elsewhere nothing changes. Results equal float32's
+Only float32 weights (and the bf16 frozen ones of `precision.frozen_weights_in_bf16`, which
+run the bf16 path only) that are plain CPU tensors (not FSDP2's DTensors), and only where torch
+has oneDNN (bf16: where oneDNN runs it natively); elsewhere nothing changes. Results equal float32's
 (or bf16 autocast's) up to rounding (logits within ~1e-4 in float32).
 """
 
@@ -43,7 +44,7 @@ def _eligible(model: nn.Module) -> list[nn.Linear]:
         return []
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     ok = all(type(m.weight.data) is torch.Tensor and m.weight.device.type == "cpu"
-             and m.weight.dtype == torch.float32 for m in linears)
+             and m.weight.dtype in (torch.float32, torch.bfloat16) for m in linears)
     return linears if ok else []
 
 
