@@ -277,17 +277,17 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 and not fsdp else None
     model.train()
-    limit_heap_fragmentation()
-    reset_peak_rss()  # the model, teacher and optimizer are resident by now: the window counts them
-    result, began = TrainResult(steps=total, seconds=0.0,
-                                demo_tokens_cut=sum(e.demo_tokens_cut for e in examples),
-                                max_new_tokens=cfg.max_new_tokens), time.perf_counter()
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress or rank != 0,
-               desc=f"{cfg.method} update", unit="step")
-    ahead: dict[int, Completions] = {}  # global position → its completion, decoded ahead
     # frozen Linear weights in bf16 while autocast casts them to bf16 anyway (same results)
-    in_bf16 = cfg.autocast_bf16 and bf16_is_fast(device.type) and not fsdp and not is_peft(model)
+    in_bf16 = cfg.autocast_bf16 and bf16_is_fast(device.type) and world == 1 and not is_peft(model)
     with frozen_weights_in_bf16(model, in_bf16, spill_dir=ckpt_dir):
+        limit_heap_fragmentation()
+        reset_peak_rss()  # the model, teacher and optimizer are resident by now: the window counts them
+        result, began = TrainResult(steps=total, seconds=0.0,
+                                    demo_tokens_cut=sum(e.demo_tokens_cut for e in examples),
+                                    max_new_tokens=cfg.max_new_tokens), time.perf_counter()
+        bar = tqdm(range(start, total), initial=start, total=total, disable=not progress or rank != 0,
+                   desc=f"{cfg.method} update", unit="step")
+        ahead: dict[int, Completions] = {}  # global position → its completion, decoded ahead
         for step in bar:
             t0 = time.perf_counter()
             mine = batch_positions(step, len(examples), cfg)[rank::world]
@@ -348,7 +348,7 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
                                     scheduler=scheduler, fingerprint=cfg.fingerprint(), write=rank == 0)
                 if world > 1:  # no rank reads a half-written checkpoint folder
                     torch.distributed.barrier()
-    result.seconds, result.peak_rss_gb = time.perf_counter() - began, peak_rss_gb()
+        result.seconds, result.peak_rss_gb = time.perf_counter() - began, peak_rss_gb()
     return result
 
 

@@ -68,7 +68,9 @@ def frozen_weights_in_bf16(model: torch.nn.Module, enabled: bool, spill_dir: str
     bit for bit. Under bf16 autocast a Linear casts its float32 weight to bf16 (round to nearest
     even, as `.to` does) at every call anyway, so every result is unchanged; what changes is the
     memory (half of those weights: ~0.14 GB for the 20 frozen blocks of SmolLM2-135M) and the
-    per-call cast it no longer pays. Only where bf16 autocast runs (`enabled`)."""
+    per-call cast it no longer pays. Only where bf16 autocast runs (`enabled`), in one process
+    (a DDP wrapper holds its parameters' storage). The other CPU parameters are copied off the
+    file mapping transformers may load safetensors into, so that the float32 pages leave."""
     weights = frozen_linear_weights(model) if enabled else []
     if not weights:
         yield
@@ -78,8 +80,12 @@ def frozen_weights_in_bf16(model: torch.nn.Module, enabled: bool, spill_dir: str
     with tempfile.TemporaryDirectory(prefix=".frozen-fp32-", dir=spill_dir) as tmp:
         spilled = Path(tmp) / "weights.safetensors"
         save_file({str(i): w.data.contiguous() for i, w in enumerate(weights)}, spilled)
+        held = {id(w) for w in weights}
         for w in weights:
             w.data = w.data.to(torch.bfloat16)
+        for p in model.parameters():  # off the loaded file's mmap: while any tensor maps it, the
+            if p.device.type == "cpu" and id(p) not in held:  # float32 pages stay resident
+                p.data = p.data.clone()
         try:
             yield
         finally:
