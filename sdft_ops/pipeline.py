@@ -103,8 +103,15 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
     from sdft_ops.engine import train
     from sdft_ops.engine.ceiling import teacher_ceiling
     from sdft_ops.engine.checkpoint import save_trained_model
-    from sdft_ops.models import load_model_at
+    from sdft_ops.engine.context import prepare_examples
+    from sdft_ops.models import load_model_at, load_tokenizer
 
+    demos = [*domain.train.records, *replay]
+    learned_as_demonstration = {d.id for d in replay} if cfg.replay.learn_as == "demonstration" else ()
+    # the input limits before any model work: a prompt over max_prompt_tokens is refused here,
+    # not after the ceiling decoded it (8 prompts of 90 KB grew it to 19.8 GB; issue 33).
+    # train() tokenizes them again: milliseconds, against a decode of an oversized batch
+    prepare_examples(demos, load_tokenizer(parent.model_dir), cfg.train, learned_as_demonstration)
     model, tokenizer = load_model_at(parent.model_dir, cfg.model)
     ceiling = None
     if cfg.train.method == "sdft" and cfg.ceiling.enabled:
@@ -113,17 +120,17 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
             if callable(domain.suite.scorer) else get_scorer(domain.suite.scorer),
             cfg.train.teacher_context, reference=reference_for, sample_size=cfg.ceiling.sample_size,
             max_new_tokens=domain.suite.max_new_tokens, floor=cfg.ceiling.floor,
-            strict=cfg.ceiling.strict, bf16=cfg.train.autocast_bf16).model_dump()
+            strict=cfg.ceiling.strict, bf16=cfg.train.autocast_bf16,
+            max_prompt_tokens=cfg.train.max_prompt_tokens).model_dump()
         if logger is not None:
             logger.log_dict({"ceiling/teacher": ceiling["teacher_score"],
                              "ceiling/student": ceiling["student_score"]}, 0)
     callbacks = [lambda step, m: logger.log_dict(m, step)] if logger is not None else []
     folder = update_dir(home, update_id)
     checkpoints = fresh_checkpoints(folder / "checkpoints", parent)
-    result = train(model, tokenizer, [*domain.train.records, *replay], cfg.train,
-                   output_dir=checkpoints, callbacks=callbacks,
+    result = train(model, tokenizer, demos, cfg.train, output_dir=checkpoints, callbacks=callbacks,
                    rollout_check=lambda text, demo: rollout_check(demo, text, cfg),
-                   demonstration_ids={d.id for d in replay} if cfg.replay.learn_as == "demonstration" else ())
+                   demonstration_ids=learned_as_demonstration)
     meta = {"update_id": update_id, "parent": parent.ref, "dataset_hash": domain.train.content_hash,
             "method": cfg.train.method, "final": result.final, "ceiling": ceiling,
             "demo_tokens_cut": result.demo_tokens_cut, "seconds": result.seconds,
