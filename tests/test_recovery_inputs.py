@@ -3,15 +3,18 @@ on tiny models and a real MLflow sqlite store: the input limits come before any 
 truncated checkpoint falls back to the one before it, a replay pool whose files are gone stops
 the update, and a bad config, model name or demo line is one line before anything is written."""
 
+import logging
 import shutil
 
 import pytest
+import torch
 
 from sdft_ops.data import Demonstration, DemoDataset
-from sdft_ops.engine import SDFTConfig
+from sdft_ops.engine import SDFTConfig, train
 from sdft_ops.engine.context import PromptTooLongError
 from sdft_ops.mlflow_store import tracking_uri
 from sdft_ops.registry import PolicyRegistry
+from sdft_ops.tiny import build_tiny
 from sdft_ops.update_state import update_dir
 from tests.pipeline_helpers import tiny_base, tiny_config
 
@@ -77,3 +80,43 @@ def test_the_ceiling_decodes_the_teacher_prompts_training_uses(tiny):
     trained_on = greedy_generate(model, tok, [list(e.teacher_prompt) for e in examples], 4)
     assert {x["id"]: x["teacher"] for x in report.examples} == {
         e.id: answer.strip() for e, answer in zip(examples, trained_on)}
+
+
+# ---------------------------------------------------------------- row 6: a corrupt checkpoint
+
+
+FAST = dict(max_new_tokens=12, autocast_bf16=False, prompts_per_step=4)
+
+
+def _demos(n=8):
+    return [Demonstration(id=f"d{i}", prompt=f"What is {i} plus {i}?",
+                          demonstration=f"The answer is {2 * i}.", domain="math") for i in range(n)]
+
+
+def _truncate(path, keep: int = 40) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+
+
+@pytest.mark.parametrize("corrupt", [["step-000004"], ["step-000002", "step-000004"]],
+                         ids=["latest", "all"])
+def test_a_truncated_checkpoint_is_skipped_for_the_one_before_it(tmp_path, caplog, corrupt):
+    """Issue 33 row 6: a truncated latest checkpoint raised SafetensorError on every rerun. Now
+    the resume falls back to the previous one (or starts afresh), with a one-line warning, and
+    ends with the weights of a run never interrupted."""
+    cfg = SDFTConfig(method="sft", max_steps=4, checkpoint_every=2, learning_rate=1e-3, **FAST)
+    straight, tok = build_tiny()
+    train(straight, tok, _demos(), cfg, output_dir=tmp_path, progress=False)
+    for step in corrupt:
+        _truncate(tmp_path / step / "student.safetensors")
+    resumed, _ = build_tiny()  # a fresh process: the initial model, then the resume
+    with caplog.at_level(logging.WARNING, logger="sdft_ops.engine.checkpoint"):
+        result = train(resumed, tok, _demos(), cfg, output_dir=tmp_path, progress=False)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert all(any(step in w and "cannot be read" in w for w in warnings) for step in corrupt)
+    assert all("\n" not in w for w in warnings)
+    assert len(result.history) == (4 if len(corrupt) == 2 else 2)  # afresh, or from step 2
+    if len(corrupt) == 2:
+        assert any("starts afresh" in w for w in warnings)
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
