@@ -163,13 +163,13 @@ def stage_dataset(update_id: str, dataset: DemoDataset, cfg: UpdateConfig, home:
 
 def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Trained:
     """Step 2: train from the current champion (or the base model); one MLflow run per update."""
-    from sdft_ops.replay import draw_replay, lineage_pool
+    from sdft_ops.replay import draw_replay, replay_pool
     from sdft_ops.tracking import start_update_run
 
     started = time.perf_counter()
     domain = _staged_domain(home, update_id, cfg)
     parent = registry.parent_for_update(cfg.model)
-    replay = draw_replay(lineage_pool(registry, home, parent.version) if cfg.replay.fraction else [],
+    replay = draw_replay(replay_pool(registry, home, parent.version, cfg.replay),
                          len(domain.train), cfg.replay, domain.train.content_hash)
     logger = start_update_run(cfg.tracking.experiment, update_id, parent_run_id=parent.run_id,
                               uri=registry.tracking_uri, home=home, parent_version=parent.version,

@@ -13,7 +13,8 @@ from sdft_ops.data import Demonstration, DemoDataset
 from sdft_ops.engine import SDFTConfig, train
 from sdft_ops.engine.context import PromptTooLongError
 from sdft_ops.mlflow_store import tracking_uri
-from sdft_ops.registry import PolicyRegistry
+from sdft_ops.registry import TAG_UPDATE_ID, PolicyRegistry
+from sdft_ops.replay import ReplayConfig
 from sdft_ops.tiny import build_tiny
 from sdft_ops.update_state import update_dir
 from tests.pipeline_helpers import tiny_base, tiny_config
@@ -120,3 +121,59 @@ def test_a_truncated_checkpoint_is_skipped_for_the_one_before_it(tmp_path, caplo
         assert any("starts afresh" in w for w in warnings)
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+# ---------------------------------------------------------------- row 10: replay files gone
+
+
+def _runs(registry, update_id: str) -> list:
+    """The MLflow runs opened for `update_id`."""
+    experiments = [e.experiment_id for e in registry.client.search_experiments()]
+    runs = registry.client.search_runs(experiments) if experiments else []
+    return [r for r in runs if r.info.run_name == update_id]
+
+
+def _register(registry, base, update_id: str, parent: str | None) -> str:
+    version = registry.register_candidate(base, parent_version=parent, dataset_hash="sha256:abc",
+                                          method="sft", base_model="tiny", commit=None,
+                                          tags={TAG_UPDATE_ID: update_id})
+    registry.promote(version, f"{update_id} for the test", manual=True)
+    return version
+
+
+def test_a_replay_pool_whose_files_are_gone_stops_the_update_before_training(base, home, registry):
+    """Issue 33 row 10: `replay: {fraction: 1.0}` with the lineage's train.jsonl gone replayed
+    nothing, warned nothing, and the update was promoted. Now it is one line naming the file."""
+    from sdft_ops.pipeline import stage_dataset, train_step
+
+    _register(registry, base, "gone", None)  # champion v1, its updates/gone/train.jsonl absent
+    cfg = tiny_config(base).merged({"replay": {"fraction": 1.0}})
+    stage_dataset("next", _notes(10), cfg, home)
+    with pytest.raises(ValueError, match="updates/gone/train.jsonl") as err:
+        train_step("next", cfg, home, registry)
+    assert "\n" not in str(err.value) and "missing: warn" in str(err.value)
+    assert not (update_dir(home, "next") / "model").exists() and _runs(registry, "next") == []
+
+
+def test_replay_missing_warn_trains_on_and_a_partial_pool_warns(base, home, registry, caplog):
+    from sdft_ops.replay import replay_pool
+
+    v1 = _register(registry, base, "gone", None)
+    v2 = _register(registry, base, "kept", v1)
+    _notes(4).write_jsonl(update_dir(home, "kept") / "train.jsonl")  # still on disk
+    cfg = ReplayConfig(fraction=1.0)
+    with caplog.at_level(logging.WARNING, logger="sdft_ops.replay"):
+        pool = replay_pool(registry, home, v2, cfg)
+    assert [d.id for d in pool] == [f"replay:kept:n{i}" for i in range(4)]
+    assert any("1 of the champion's lineage" in r.getMessage() and "gone" in r.getMessage()
+               for r in caplog.records)
+    (update_dir(home, "kept") / "train.jsonl").unlink()
+    with pytest.raises(ValueError, match="none of the demonstration files"):
+        replay_pool(registry, home, v2, cfg)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sdft_ops.replay"):
+        assert replay_pool(registry, home, v2, cfg.model_copy(update={"missing": "warn"})) == []
+    assert [r.getMessage().count("\n") for r in caplog.records] == [0]
+    assert "training without replay" in caplog.records[0].getMessage()
+    # no champion yet (the first update, from the base model): nothing to replay, nothing missing
+    assert replay_pool(registry, home, None, cfg) == []
