@@ -15,6 +15,7 @@ from sdft_ops.engine.context import PromptTooLongError
 from sdft_ops.mlflow_store import tracking_uri
 from sdft_ops.registry import TAG_UPDATE_ID, PolicyRegistry
 from sdft_ops.replay import ReplayConfig
+from sdft_ops.settings import UpdateConfig
 from sdft_ops.tiny import build_tiny
 from sdft_ops.update_state import update_dir
 from tests.pipeline_helpers import tiny_base, tiny_config
@@ -177,3 +178,26 @@ def test_replay_missing_warn_trains_on_and_a_partial_pool_warns(base, home, regi
     assert "training without replay" in caplog.records[0].getMessage()
     # no champion yet (the first update, from the base model): nothing to replay, nothing missing
     assert replay_pool(registry, home, None, cfg) == []
+
+
+# ---------------------------------------------------------------- row 12: inputs
+
+
+def test_an_empty_config_file_is_an_error_not_all_defaults(tmp_path):
+    for text in ("", "# only a comment\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(ValueError, match="is empty") as err:
+            UpdateConfig.from_yaml(tmp_path / "empty.yaml")
+        assert "\n" not in str(err.value)
+    (tmp_path / "defaults.yaml").write_text("{}\n")  # all defaults, said explicitly
+    assert UpdateConfig.from_yaml(tmp_path / "defaults.yaml") == UpdateConfig()
+
+
+@pytest.mark.parametrize("section, knob", [("train", "max_new_tokens"), ("eval", "domain_max_new_tokens")])
+def test_a_sample_length_past_the_bound_is_refused_in_one_line(tmp_path, section, knob):
+    (tmp_path / "c.yaml").write_text(f"{section}: {{{knob}: 1000000000}}\n")
+    with pytest.raises(ValueError, match=rf"{section}\.{knob}: .*4096") as err:
+        UpdateConfig.from_yaml(tmp_path / "c.yaml")
+    assert "\n" not in str(err.value)
+    (tmp_path / "c.yaml").write_text(f"{section}: {{{knob}: 4096}}\n")
+    UpdateConfig.from_yaml(tmp_path / "c.yaml")
