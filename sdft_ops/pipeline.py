@@ -36,6 +36,7 @@ from sdft_ops.evaluation.report import EvalReport
 from sdft_ops.evaluation.scorers import get_scorer
 from sdft_ops.gate import GateDecision
 from sdft_ops.home import data_home
+from sdft_ops.models import check_model_reference
 from sdft_ops.registry import TAG_DOMAIN, TAG_METHOD, TAG_MODEL_DIR, TAG_UPDATE_ID, PolicyRegistry
 from sdft_ops.settings import UpdateConfig
 from sdft_ops.update_state import (
@@ -153,6 +154,7 @@ def _staged_domain(home: Path, update_id: str, cfg: UpdateConfig) -> DomainData:
 
 def stage_dataset(update_id: str, dataset: DemoDataset, cfg: UpdateConfig, home: Path) -> DomainData:
     """Step 1: validate, split and record the update's data under updates/<id>/."""
+    check_model_reference(cfg.model)  # a misspelt model stops here, before anything is written
     domain = prepare_domain(dataset, cfg, home)
     domain.train.write_jsonl(update_dir(home, update_id) / "train.jsonl")
     save_state(home, update_id, domain=domain.name, dataset_hash=domain.train.content_hash,

@@ -201,3 +201,14 @@ def test_a_sample_length_past_the_bound_is_refused_in_one_line(tmp_path, section
     assert "\n" not in str(err.value)
     (tmp_path / "c.yaml").write_text(f"{section}: {{{knob}: 4096}}\n")
     UpdateConfig.from_yaml(tmp_path / "c.yaml")
+
+
+def test_a_misspelt_model_stops_the_update_before_staging_or_tracking(home, registry):
+    """Issue 33 row 12: a misspelt model failed only after staging and opening an MLflow run."""
+    from sdft_ops.pipeline import run_update
+
+    cfg = UpdateConfig.model_validate({"model": {"name_or_path": "smollm2-135m-instruc"}})
+    with pytest.raises(OSError, match="Did you mean 'smollm2-135m-instruct'") as err:
+        run_update(_notes(10), cfg, update_id="typo", home=home, registry=registry)
+    assert "\n" not in str(err.value)
+    assert not update_dir(home, "typo").exists() and _runs(registry, "typo") == []
