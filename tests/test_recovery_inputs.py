@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from sdft_ops.data import Demonstration, DemoDataset
+from sdft_ops.data import Demonstration, DemoDataError, DemoDataset, load_demonstrations
 from sdft_ops.engine import SDFTConfig, train
 from sdft_ops.engine.context import PromptTooLongError
 from sdft_ops.mlflow_store import tracking_uri
@@ -212,3 +212,19 @@ def test_a_misspelt_model_stops_the_update_before_staging_or_tracking(home, regi
         run_update(_notes(10), cfg, update_id="typo", home=home, registry=registry)
     assert "\n" not in str(err.value)
     assert not update_dir(home, "typo").exists() and _runs(registry, "typo") == []
+
+
+def test_a_key_twice_in_a_demo_line_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"id": "a", "prompt": "q", "demonstration": "x", "domain": "d"}\n'
+                    '{"id": "b", "prompt": "q2", "demonstration": "y", "domain": "d", '
+                    '"demonstration": "z"}\n'
+                    '{"id": "c", "prompt": "q3", "demonstration": "w", "domain": "d", '
+                    '"metadata": {"kind": "a", "kind": "b"}}\n')
+    with pytest.raises(DemoDataError) as err:
+        load_demonstrations(path)
+    assert [str(p) for p in err.value.problems] == [
+        f"{path}:2: duplicate key 'demonstration' in one object (JSON would keep only the last "
+        "value); remove one of them",
+        f"{path}:3: duplicate key 'kind' in one object (JSON would keep only the last value); "
+        "remove one of them"]
