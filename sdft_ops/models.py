@@ -223,8 +223,8 @@ def _not_loadable(name: str, path: str) -> str:
     offline = (" Offline by default (HF_HUB_OFFLINE=1): a hub id must already be in the local "
                "HF cache; export HF_HUB_OFFLINE=0 to download it."
                if os.environ.get("HF_HUB_OFFLINE") == "1" else "")
-    return (f"Could not load model '{name}' (resolved to {path}). Give a local "
-            f"folder with safetensors weights, a reachable hub id, or '{DEFAULT_MODEL}'.{hint}{offline}")
+    return (f"Could not load model '{name}' (resolved to {path}). Give a local folder with "
+            f"safetensors weights, a reachable hub id, or '{DEFAULT_MODEL}'.{hint}{offline}")
 
 
 def check_model_reference(spec: ModelSpec) -> None:
@@ -234,8 +234,8 @@ def check_model_reference(spec: ModelSpec) -> None:
     if spec.name_or_path == DEFAULT_MODEL:
         builtin_gguf_path()
     elif spec.gguf_file is not None:
-        if not (Path(spec.name_or_path) / spec.gguf_file).is_file():
-            raise FileNotFoundError(f"GGUF file not found: {Path(spec.name_or_path) / spec.gguf_file}")
+        if not (gguf_path := Path(spec.name_or_path) / spec.gguf_file).is_file():
+            raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     else:
         from transformers import AutoConfig
 

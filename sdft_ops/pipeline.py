@@ -108,11 +108,11 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
     from sdft_ops.models import load_model_at, load_tokenizer
 
     demos = [*domain.train.records, *replay]
-    learned_as_demonstration = {d.id for d in replay} if cfg.replay.learn_as == "demonstration" else ()
+    as_demonstration = {d.id for d in replay} if cfg.replay.learn_as == "demonstration" else ()
     # the input limits before any model work: a prompt over max_prompt_tokens is refused here,
     # not after the ceiling decoded it (8 prompts of 90 KB grew it to 19.8 GB; issue 33).
     # train() tokenizes them again: milliseconds, against a decode of an oversized batch
-    prepare_examples(demos, load_tokenizer(parent.model_dir), cfg.train, learned_as_demonstration)
+    prepare_examples(demos, load_tokenizer(parent.model_dir), cfg.train, as_demonstration)
     model, tokenizer = load_model_at(parent.model_dir, cfg.model)
     ceiling = None
     if cfg.train.method == "sdft" and cfg.ceiling.enabled:
@@ -131,7 +131,7 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
     checkpoints = fresh_checkpoints(folder / "checkpoints", parent)
     result = train(model, tokenizer, demos, cfg.train, output_dir=checkpoints, callbacks=callbacks,
                    rollout_check=lambda text, demo: rollout_check(demo, text, cfg),
-                   demonstration_ids=learned_as_demonstration)
+                   demonstration_ids=as_demonstration)
     meta = {"update_id": update_id, "parent": parent.ref, "dataset_hash": domain.train.content_hash,
             "method": cfg.train.method, "final": result.final, "ceiling": ceiling,
             "demo_tokens_cut": result.demo_tokens_cut, "seconds": result.seconds,

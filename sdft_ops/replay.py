@@ -93,7 +93,8 @@ def lineage_pool(registry, home: Path, champion: str | None) -> list[Demonstrati
     return [] if champion is None else _read_pool(_lineage_files(registry, home, champion))
 
 
-def replay_pool(registry, home: Path, champion: str | None, cfg: ReplayConfig) -> list[Demonstration]:
+def replay_pool(registry, home: Path, champion: str | None,
+                cfg: ReplayConfig) -> list[Demonstration]:
     """What an update may replay: `lineage_pool`, or nothing at `fraction` 0. An empty pool for
     a lineage whose files are gone is a ValueError (`missing: error`) or a warning (`warn`); a
     pool missing some of them, a warning."""
@@ -109,11 +110,12 @@ def replay_pool(registry, home: Path, champion: str | None, cfg: ReplayConfig) -
         log.warning("replay: %d of the champion's lineage demonstration files are missing (%s); "
                     "replaying from the rest", len(missing), shown)
         return pool
-    lost = f"none of the demonstration files of champion v{champion}'s lineage is left: missing {shown}"
+    lost = (f"none of the demonstration files of champion v{champion}'s lineage is left: "
+            f"missing {shown}")
     if cfg.missing == "error":
-        raise ValueError(f"replay.fraction is {cfg.fraction} but {lost}. Restore them (run in the data "
-                         "home that trained them), or set replay: {missing: warn} to train without "
-                         "replay, or replay: {fraction: 0}")
+        raise ValueError(f"replay.fraction is {cfg.fraction} but {lost}. Restore them (run in the "
+                         "data home that trained them), or set replay: {missing: warn} to train "
+                         "without replay, or replay: {fraction: 0}")
     log.warning("replay: %s; training without replay (replay.missing: warn)", lost)
     return []
 

@@ -38,7 +38,8 @@ def base(tmp_path_factory):
 def _notes(n: int, prompt_words: int = 3) -> DemoDataset:
     return DemoDataset.from_records(
         [Demonstration(id=f"n{i}", prompt=" ".join(["word"] * prompt_words) + f" {i}?",
-                       demonstration=f"answer {i}", domain="notes") for i in range(n)], source="notes")
+                       demonstration=f"answer {i}", domain="notes") for i in range(n)],
+        source="notes")
 
 
 # ---------------------------------------------------------------- row 3: limits before model work
@@ -193,7 +194,8 @@ def test_an_empty_config_file_is_an_error_not_all_defaults(tmp_path):
     assert UpdateConfig.from_yaml(tmp_path / "defaults.yaml") == UpdateConfig()
 
 
-@pytest.mark.parametrize("section, knob", [("train", "max_new_tokens"), ("eval", "domain_max_new_tokens")])
+@pytest.mark.parametrize("section, knob", [("train", "max_new_tokens"),
+                                           ("eval", "domain_max_new_tokens")])
 def test_a_sample_length_past_the_bound_is_refused_in_one_line(tmp_path, section, knob):
     (tmp_path / "c.yaml").write_text(f"{section}: {{{knob}: 1000000000}}\n")
     with pytest.raises(ValueError, match=rf"{section}\.{knob}: .*4096") as err:
