@@ -4,8 +4,9 @@ Every limit breach is an exception or a message naming what to change, never a R
 or a parser ValueError: a line is read at most `max_bytes` (+ newline) at a time; JSON nesting
 (objects + arrays) at most `MAX_JSON_DEPTH` levels, checked before `json.loads` (whose C
 scanner recurses per level); integer literals at most `MAX_INT_DIGITS` digits; NaN, Infinity
-and numbers that overflow a float refused (JSON has none). Used by `sdft_ops.data` (demo files)
-and, for error lines, by every config loader.
+and numbers that overflow a float refused (JSON has none); a key twice in one object refused
+(`json` would keep the last silently). Used by `sdft_ops.data` (demo files) and, for error
+lines, by every config loader.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def validation_error_lines(error: ValidationError, source: str | os.PathLike) ->
 
 
 class LimitError(ValueError):
-    """A line breaks one of the module's documented parse limits."""
+    """A line breaks one of the module's documented parse limits or rules."""
 
 
 _STRING_LITERAL = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)  # possessive: linear time
@@ -120,7 +121,21 @@ def _parse_constant(name: str) -> float:
     raise LimitError(f"{name} is not valid JSON; write null or a string instead")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):  # rare: find the key that came twice
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise LimitError(f"duplicate key {key[:80]!r} in one object (JSON would keep only "
+                                 "the last value); remove one of them")
+            seen.add(key)
+    return obj
+
+
 def loads_bounded(text: str):
-    """`json.loads` under the limits (depth checked first; integers, non-finite numbers)."""
+    """`json.loads` under the limits (depth checked first; integers, non-finite numbers,
+    duplicate keys)."""
     check_depth(text)
-    return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    return json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                      parse_constant=_parse_constant, object_pairs_hook=_unique_keys)

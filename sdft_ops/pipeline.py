@@ -36,6 +36,7 @@ from sdft_ops.evaluation.report import EvalReport
 from sdft_ops.evaluation.scorers import get_scorer
 from sdft_ops.gate import GateDecision
 from sdft_ops.home import data_home
+from sdft_ops.models import check_model_reference
 from sdft_ops.registry import TAG_DOMAIN, TAG_METHOD, TAG_MODEL_DIR, TAG_UPDATE_ID, PolicyRegistry
 from sdft_ops.settings import UpdateConfig
 from sdft_ops.update_state import (
@@ -103,8 +104,15 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
     from sdft_ops.engine import train
     from sdft_ops.engine.ceiling import teacher_ceiling
     from sdft_ops.engine.checkpoint import save_trained_model
-    from sdft_ops.models import load_model_at
+    from sdft_ops.engine.context import prepare_examples
+    from sdft_ops.models import load_model_at, load_tokenizer
 
+    demos = [*domain.train.records, *replay]
+    as_demonstration = {d.id for d in replay} if cfg.replay.learn_as == "demonstration" else ()
+    # the input limits before any model work: a prompt over max_prompt_tokens is refused here,
+    # not after the ceiling decoded it (8 prompts of 90 KB grew it to 19.8 GB; issue 33).
+    # train() tokenizes them again: milliseconds, against a decode of an oversized batch
+    prepare_examples(demos, load_tokenizer(parent.model_dir), cfg.train, as_demonstration)
     model, tokenizer = load_model_at(parent.model_dir, cfg.model)
     ceiling = None
     if cfg.train.method == "sdft" and cfg.ceiling.enabled:
@@ -113,17 +121,17 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
             if callable(domain.suite.scorer) else get_scorer(domain.suite.scorer),
             cfg.train.teacher_context, reference=reference_for, sample_size=cfg.ceiling.sample_size,
             max_new_tokens=domain.suite.max_new_tokens, floor=cfg.ceiling.floor,
-            strict=cfg.ceiling.strict, bf16=cfg.train.autocast_bf16).model_dump()
+            strict=cfg.ceiling.strict, bf16=cfg.train.autocast_bf16,
+            max_prompt_tokens=cfg.train.max_prompt_tokens).model_dump()
         if logger is not None:
             logger.log_dict({"ceiling/teacher": ceiling["teacher_score"],
                              "ceiling/student": ceiling["student_score"]}, 0)
     callbacks = [lambda step, m: logger.log_dict(m, step)] if logger is not None else []
     folder = update_dir(home, update_id)
     checkpoints = fresh_checkpoints(folder / "checkpoints", parent)
-    result = train(model, tokenizer, [*domain.train.records, *replay], cfg.train,
-                   output_dir=checkpoints, callbacks=callbacks,
+    result = train(model, tokenizer, demos, cfg.train, output_dir=checkpoints, callbacks=callbacks,
                    rollout_check=lambda text, demo: rollout_check(demo, text, cfg),
-                   demonstration_ids={d.id for d in replay} if cfg.replay.learn_as == "demonstration" else ())
+                   demonstration_ids=as_demonstration)
     meta = {"update_id": update_id, "parent": parent.ref, "dataset_hash": domain.train.content_hash,
             "method": cfg.train.method, "final": result.final, "ceiling": ceiling,
             "demo_tokens_cut": result.demo_tokens_cut, "seconds": result.seconds,
@@ -146,6 +154,7 @@ def _staged_domain(home: Path, update_id: str, cfg: UpdateConfig) -> DomainData:
 
 def stage_dataset(update_id: str, dataset: DemoDataset, cfg: UpdateConfig, home: Path) -> DomainData:
     """Step 1: validate, split and record the update's data under updates/<id>/."""
+    check_model_reference(cfg.model)  # a misspelt model stops here, before anything is written
     domain = prepare_domain(dataset, cfg, home)
     domain.train.write_jsonl(update_dir(home, update_id) / "train.jsonl")
     save_state(home, update_id, domain=domain.name, dataset_hash=domain.train.content_hash,
@@ -156,13 +165,13 @@ def stage_dataset(update_id: str, dataset: DemoDataset, cfg: UpdateConfig, home:
 
 def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Trained:
     """Step 2: train from the current champion (or the base model); one MLflow run per update."""
-    from sdft_ops.replay import draw_replay, lineage_pool
+    from sdft_ops.replay import draw_replay, replay_pool
     from sdft_ops.tracking import start_update_run
 
     started = time.perf_counter()
     domain = _staged_domain(home, update_id, cfg)
     parent = registry.parent_for_update(cfg.model)
-    replay = draw_replay(lineage_pool(registry, home, parent.version) if cfg.replay.fraction else [],
+    replay = draw_replay(replay_pool(registry, home, parent.version, cfg.replay),
                          len(domain.train), cfg.replay, domain.train.content_hash)
     logger = start_update_run(cfg.tracking.experiment, update_id, parent_run_id=parent.run_id,
                               uri=registry.tracking_uri, home=home, parent_version=parent.version,

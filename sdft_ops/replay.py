@@ -15,10 +15,17 @@ fewer demonstrations than its quota gives all it has). Under SDFT a replayed pro
 with its own demonstration in the teacher's context (`learn_as: rollout`), or learned as its
 demonstration without a rollout (`learn_as: demonstration`: no decode for half of a 1.0 replay);
 under SFT it is one more label.
+
+A lineage whose demonstration files are gone (another data home, a clean-up) would replay
+nothing and still be gated and promoted as if it had: with `fraction` > 0 an empty pool is an
+error naming the missing files (`missing: warn` logs that line and trains without replay), and a
+pool missing some of them a warning. An update with no champion yet has no lineage: nothing to
+replay, and nothing missing.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdft_ops.data import Demonstration, load_demonstrations
 
+log = logging.getLogger(__name__)
 REPLAY_PREFIX = "replay:"
 
 
@@ -43,6 +51,12 @@ class ReplayConfig(BaseModel):
         "rollout", description="under SDFT, rollout: a replayed prompt is distilled like a new "
         "one; demonstration: it is learned as its recorded demonstration (an answer the lineage "
         "was trained on), never rolled out, so the replayed rows cost no decode")
+    # an empty pool under fraction > 0: without this the update trains with no replay at all
+    # and is gated and promoted as if it had replayed its lineage (issue 33)
+    missing: Literal["error", "warn"] = Field(
+        "error", description="the champion's lineage has no demonstration file left to replay "
+        "(fraction > 0): error stops the update before training; warn logs the missing files "
+        "and trains without replay")
 
     @field_validator("kind_shares")
     @classmethod
@@ -52,22 +66,58 @@ class ReplayConfig(BaseModel):
         return shares
 
 
-def lineage_pool(registry, home: Path, champion: str | None) -> list[Demonstration]:
-    """Every training demonstration of the updates in `champion`'s lineage, ids prefixed with
-    their update; empty without a champion. A version whose update folder is gone (trained in
-    another data home) contributes nothing."""
+def _lineage_files(registry, home: Path, champion: str) -> list[tuple[str, Path]]:
+    """(update id, its train.jsonl) of each version in `champion`'s lineage, champion first."""
     from sdft_ops.registry import TAG_UPDATE_ID
 
-    if champion is None:
-        return []
-    pool = []
+    files = []
     for version in registry.lineage(champion):
-        update_id = registry.get_version(version).tags.get(TAG_UPDATE_ID)
-        path = Path(home) / "updates" / str(update_id) / "train.jsonl"
-        if update_id and path.is_file():
+        update_id = registry.get_version(version).tags.get(TAG_UPDATE_ID) or f"<version {version}>"
+        files.append((update_id, Path(home) / "updates" / update_id / "train.jsonl"))
+    return files
+
+
+def _read_pool(files: Sequence[tuple[str, Path]]) -> list[Demonstration]:
+    pool = []
+    for update_id, path in files:
+        if path.is_file():
             pool += [d.model_copy(update={"id": f"{REPLAY_PREFIX}{update_id}:{d.id}"})
                      for d in load_demonstrations(path).records]
     return sorted(pool, key=lambda d: d.id)
+
+
+def lineage_pool(registry, home: Path, champion: str | None) -> list[Demonstration]:
+    """Every training demonstration of the updates in `champion`'s lineage, ids prefixed with
+    their update; empty without a champion. A version whose update folder is gone (trained in
+    another data home) contributes nothing (`replay_pool` says so)."""
+    return [] if champion is None else _read_pool(_lineage_files(registry, home, champion))
+
+
+def replay_pool(registry, home: Path, champion: str | None,
+                cfg: ReplayConfig) -> list[Demonstration]:
+    """What an update may replay: `lineage_pool`, or nothing at `fraction` 0. An empty pool for
+    a lineage whose files are gone is a ValueError (`missing: error`) or a warning (`warn`); a
+    pool missing some of them, a warning."""
+    if not cfg.fraction or champion is None:
+        return []
+    files = _lineage_files(registry, home, champion)
+    pool = _read_pool(files)
+    missing = [str(path) for _, path in files if not path.is_file()]
+    if not missing:
+        return pool
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    if pool:
+        log.warning("replay: %d of the champion's lineage demonstration files are missing (%s); "
+                    "replaying from the rest", len(missing), shown)
+        return pool
+    lost = (f"none of the demonstration files of champion v{champion}'s lineage is left: "
+            f"missing {shown}")
+    if cfg.missing == "error":
+        raise ValueError(f"replay.fraction is {cfg.fraction} but {lost}. Restore them (run in the "
+                         "data home that trained them), or set replay: {missing: warn} to train "
+                         "without replay, or replay: {fraction: 0}")
+    log.warning("replay: %s; training without replay (replay.missing: warn)", lost)
+    return []
 
 
 def draw_replay(pool: Sequence[Demonstration], n_new: int, cfg: ReplayConfig,

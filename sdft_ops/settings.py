@@ -21,8 +21,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sdft_ops.engine.config import SDFTConfig
+from sdft_ops.engine.config import MAX_NEW_TOKENS, SDFTConfig
 from sdft_ops.gate import GatePolicy
+from sdft_ops.jsonl import validation_error_lines
 from sdft_ops.models import ModelSpec
 from sdft_ops.replay import ReplayConfig
 
@@ -54,7 +55,8 @@ class EvalConfig(BaseModel):
         " None: the shipped SmolLM2-135M-Instruct answers")
     domain_items: int | None = Field(None, ge=1, description="cap on held-out items per domain")
     domain_max_new_tokens: int | None = Field(
-        None, ge=1, description="cap on answer length for domain suites (None: each domain's own)")
+        None, ge=1, le=MAX_NEW_TOKENS, description="cap on answer length for domain suites (None: "
+        "each domain's own)")
     batch_size: int = Field(16, ge=1)
     precision: str = Field("bf16_autocast", pattern="^(model|bf16_autocast)$")
     n_boot: int = Field(2000, ge=100)
@@ -104,14 +106,19 @@ class UpdateConfig(BaseModel):
     def from_yaml(cls, path: str | os.PathLike) -> "UpdateConfig":
         path = Path(path)
         try:
-            raw: Any = yaml.safe_load(path.read_text()) or {}
+            raw: Any = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise ValueError(f"cannot read update config {path}: {e}") from e
+        if raw is None:  # an empty file (or comments only) is a mistake, not "all defaults"
+            raise ValueError(f"update config {path} is empty: give the sections to set (model, "
+                             "train, eval, ...; configs/update.yaml lists them), or {} for the "
+                             "built-in defaults")
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping of sections (model, train, eval, ...)")
         if isinstance(raw.get("gate"), str):
             raw["gate"] = GatePolicy.from_yaml(path.parent / raw["gate"])
         try:
             return cls.model_validate(raw)
-        except ValidationError as e:
-            raise ValueError(f"invalid update config {path}:\n{e}") from e
+        except ValidationError as e:  # one line: each problem as `field.path: message`
+            problems = [line.removeprefix(f"{path}: ") for line in validation_error_lines(e, path)]
+            raise ValueError(f"invalid update config {path}: {'; '.join(problems)}") from e

@@ -3,13 +3,16 @@
 SDFT cannot teach what its teacher cannot do. Before training, score the teacher's greedy
 answer (the demonstration in its context) and the student's greedy answer (the question alone)
 on a sample of the training demonstrations with the domain's scorer. A ceiling below `floor`
-warns, or refuses in strict mode.
+warns, or refuses in strict mode. Given `max_prompt_tokens`, the teacher's prompts are the ones
+training uses (only the demonstration shortened to fit), so the check decodes nothing longer
+than training will.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import sys
 from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
@@ -18,7 +21,7 @@ from sdft_ops.chat import encode_chat
 from sdft_ops.data import Demonstration
 from sdft_ops.engine.precision import bf16_autocast
 from sdft_ops.engine.config import TeacherContext
-from sdft_ops.engine.context import teacher_messages
+from sdft_ops.engine.context import PromptTooLongError, teacher_prompt_fitting
 from sdft_ops.engine.sampling import greedy_generate
 
 log = logging.getLogger(__name__)
@@ -66,15 +69,21 @@ def teacher_ceiling(
     seed: int = 0,
     batch_size: int = 16,
     bf16: bool = True,
+    max_prompt_tokens: int | None = None,
 ) -> CeilingReport:
-    """Score teacher (demo in context) and student (no demo) greedy answers on a seeded sample."""
+    """Score teacher (demo in context) and student (no demo) greedy answers on a seeded sample.
+    `max_prompt_tokens`: fit the teacher's prompts as training does (a question that cannot fit
+    is a PromptTooLongError, as in `prepare_examples`); None: the whole demonstration."""
     sample = list(demos)
     random.Random(seed).shuffle(sample)
     sample = sample[:sample_size]
     if not sample:
         raise ValueError("teacher_ceiling needs at least one demonstration")
-    teacher_prompts = [encode_chat(tokenizer, teacher_messages(d.prompt_messages(), d.demonstration,
-                                                                context)) for d in sample]
+    limit = max_prompt_tokens or sys.maxsize
+    fitted = [teacher_prompt_fitting(tokenizer, d, context, limit) for d in sample]
+    if too_long := [d.id for d, f in zip(sample, fitted) if f is None]:
+        raise PromptTooLongError([f"{i}: question over {limit} tokens" for i in too_long])
+    teacher_prompts = [ids for ids, _ in fitted]
     student_prompts = [encode_chat(tokenizer, d.prompt_messages()) for d in sample]
     teacher = _greedy(model, tokenizer, teacher_prompts, max_new_tokens, batch_size, bf16)
     student = _greedy(model, tokenizer, student_prompts, max_new_tokens, batch_size, bf16)

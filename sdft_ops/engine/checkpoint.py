@@ -5,22 +5,30 @@ A checkpoint is one folder per step, written to a temp folder and renamed: `stud
 step, the config fingerprint, the scheduler state, the optimizer's hyper-parameters and the RNG
 state. Resume refuses a checkpoint written under a different training config. Tensors are
 whole (FSDP shards gathered), so a run resumes under any world size or `distributed` mode.
+Resume takes the newest checkpoint that can be read: one with a truncated or missing file (a
+full disk, a copy cut short) is skipped for the one before it with a one-line warning, and with
+none readable the run starts afresh, also with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from sdft_ops.engine.distributed import copy_full_into, full, shard_like
 
+log = logging.getLogger(__name__)
 STEP_PREFIX = "step-"
+TENSOR_FILES = ("student", "teacher", "optimizer", "rng")
+STATE_KEYS = frozenset({"step", "fingerprint", "optimizer", "scheduler"})
 
 
 def _atomic_dir(final: Path) -> Path:
@@ -71,11 +79,41 @@ def save_checkpoint(root: Path, step: int, *, model, teacher, optimizer, schedul
     return final
 
 
-def latest_checkpoint(root: Path | None) -> Path | None:
+def completed_checkpoints(root: Path | None) -> list[Path]:
+    """The published checkpoint folders under `root`, oldest first."""
     if root is None or not Path(root).is_dir():
-        return None
-    done = sorted(p for p in Path(root).glob(f"{STEP_PREFIX}*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+        return []
+    return sorted(p for p in Path(root).glob(f"{STEP_PREFIX}*") if (p / "state.json").is_file())
+
+
+def unreadable_because(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be read (a file missing, truncated or not what it
+    should be), or None. Reads state.json and the safetensors headers only, not the tensors."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        if not isinstance(state, dict) or not STATE_KEYS <= state.keys():
+            return f"state.json lacks one of {sorted(STATE_KEYS)}"
+        for name in TENSOR_FILES:
+            with safe_open(path / f"{name}.safetensors", "pt"):  # checks the header covers the file
+                pass
+    except (OSError, ValueError, SafetensorError) as e:
+        return " ".join(str(e).split())[:200]
+    return None
+
+
+def resume_latest(root: Path | None, *, model, teacher, optimizer, scheduler,
+                  fingerprint: str) -> int:
+    """Load the newest readable checkpoint under `root`; the step to continue from (0: none).
+    An unreadable one is skipped for the one before it; the run never stops on it."""
+    done = completed_checkpoints(root)
+    for path in reversed(done):
+        if (why := unreadable_because(path)) is None:
+            return load_checkpoint(path, model=model, teacher=teacher, optimizer=optimizer,
+                                   scheduler=scheduler, fingerprint=fingerprint)
+        log.warning("checkpoint %s cannot be read (%s); skipped for the one before it", path, why)
+    if done:
+        log.warning("no readable checkpoint in %s; training starts afresh from step 0", root)
+    return 0
 
 
 def load_checkpoint(path: Path, *, model, teacher, optimizer, scheduler, fingerprint: str) -> int:

@@ -9,6 +9,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 QUESTION, DEMONSTRATION = "{question}", "{demonstration}"
+# The most tokens one sample may have. A decode reserves its KV cache for prompt + max_new_tokens
+# up front, and a teacher rollout keeps (rows, max_new_tokens, vocabulary) logits: at 4096, 8 rows
+# of a 49k vocabulary (SmolLM2) already hold 6.4 GB of them. Answers this long are past what a
+# demonstration teaches (`demo_length_cap`) and past most small models' training length; a larger
+# value (1e9) is a typo that would fail only at the first decode, out of memory
+MAX_NEW_TOKENS = 4096
 
 
 class TeacherContext(BaseModel):
@@ -75,7 +81,7 @@ class SDFTConfig(BaseModel):
 
     # on-policy generation (student samples; the paper: one sample per prompt at T = 1.0)
     max_prompt_tokens: int = Field(512, ge=8)
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
     demo_length_cap: float | None = Field(
         None, gt=0, description="also cap samples at this × the longest demonstration (tokens, "
         "EOS included): a student rambling far past any demonstration costs decode time and "

@@ -61,7 +61,7 @@ def teacher_messages(prompt: Messages, demonstration: str, context: TeacherConte
     return [*history, {"role": "user", "content": text}]
 
 
-def _teacher_prompt_fitting(
+def teacher_prompt_fitting(
     tokenizer: "PreTrainedTokenizerBase", demo: Demonstration, context: TeacherContext, limit: int
 ) -> tuple[list[int], int] | None:
     """Teacher prompt ids within `limit`, shortening only the demonstration (binary search on
@@ -93,7 +93,7 @@ def prepare_examples(
     prepared, problems = [], []
     for demo in demos:
         student = encode_chat(tokenizer, demo.prompt_messages())
-        teacher = _teacher_prompt_fitting(
+        teacher = teacher_prompt_fitting(
             tokenizer, demo, cfg.teacher_context, cfg.max_prompt_tokens
         )
         if len(student) > cfg.max_prompt_tokens or teacher is None:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sdft_ops.data import Demonstration
-from sdft_ops.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sdft_ops.engine.checkpoint import resume_latest, save_checkpoint
 from sdft_ops.engine.config import SDFTConfig
 from sdft_ops.engine.context import PreparedExample, prepare_examples
 from sdft_ops.engine.distributed import full, join_process_group, no_gradient_sync, shard
@@ -260,11 +260,9 @@ def train(model, tokenizer, demos: Sequence[Demonstration], cfg: SDFTConfig, *,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total, cfg.warmup_steps, cfg.min_lr_ratio))
     torch.manual_seed(cfg.seed)
-    start, ckpt_dir = 0, Path(output_dir) if output_dir else None
-    if (last := latest_checkpoint(ckpt_dir)) is not None:
-        start = load_checkpoint(last, model=model, teacher=teacher,
-                                optimizer=optimizer, scheduler=scheduler,
-                                fingerprint=cfg.fingerprint())
+    ckpt_dir = Path(output_dir) if output_dir else None
+    start = resume_latest(ckpt_dir, model=model, teacher=teacher, optimizer=optimizer,
+                          scheduler=scheduler, fingerprint=cfg.fingerprint())
     if cfg.gradient_checkpointing:  # decoding runs in eval mode, where the KV cache stays on
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
             model.activation_checkpointing_enable({"use_reentrant": False})
