@@ -6,8 +6,9 @@
   was written, scores and summaries alike, fails it. `with_identity` adds it to a decision.
 * `candidate_version`: an update's registered version for given weights, found again after a
   crash between registering it and recording it in `state.json` (so a rerun never registers a
-  second one); the update's pending versions of other weights (trained from an earlier champion
-  before the update was killed) are marked `superseded` and lose the `candidate` alias.
+  second one); the update's other versions that no registry action settled (not in the ledger:
+  trained from an earlier champion before the update was killed, or gated but killed before
+  the alias moved) are marked `superseded` and lose the `candidate` alias.
 * `verify_version`: `sdft-ops verify VERSION` — the recorded hash against the version's files
   (its folder in the data home and its registered artifact), one line.
 
@@ -76,13 +77,14 @@ def with_identity(decision: GateDecision, check: RuleCheck) -> GateDecision:
 
 def candidate_version(registry: PolicyRegistry, update_id: str, weights: str,
                       parent_version: str | None) -> str | None:
-    """The pending version `update_id` registered for `weights` trained from `parent_version`,
-    or None; its other pending versions are marked superseded (see module docstring)."""
+    """The unsettled version `update_id` registered for `weights` trained from `parent_version`,
+    or None; its other unsettled versions are marked superseded (see module docstring)."""
     parent_tag = NO_PARENT if parent_version is None else str(parent_version)
-    found = None
+    settled, found = {e.version for e in registry.history()}, None
     for mv in registry.client.search_model_versions(f"name = '{registry.name}'"):
         tags = mv.tags
-        if tags.get(TAG_UPDATE_ID) != update_id or tags.get(TAG_GATE_VERDICT) != "pending":
+        if (tags.get(TAG_UPDATE_ID) != update_id or str(mv.version) in settled
+                or tags.get(TAG_GATE_VERDICT) == SUPERSEDED):
             continue
         if tags.get(TAG_WEIGHTS_SHA256) == weights and tags.get(TAG_PARENT_VERSION) == parent_tag:
             found = str(mv.version)

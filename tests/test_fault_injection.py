@@ -2,8 +2,9 @@
 then the first one rerun with the same id (issue #33, rows 1 and 2, Build item 3).
 
 The kill is an exception raised where the next step would start (for `register`, right after
-the version is registered, before anything else of the eval step runs): no cleanup of the killed
-step runs, as with SIGKILL. Real MLflow (sqlite), real tiny models, real steps. After the rerun:
+the version is registered, before anything else of the eval step runs; for `verdict`, after
+the gate tagged its verdict, before the champion alias moved): no cleanup of the killed step
+runs, as with SIGKILL. Real MLflow (sqlite), real tiny models, real steps. After the rerun:
 the champion holds the weights the gate judged, the champion lineage has no hole (every
 promotion is an ancestor of the champion, each trained from the champion before it), no MLflow
 run is left RUNNING, and no version of the killed update is left pending beside the promoted one.
@@ -29,7 +30,7 @@ from sdft_ops.version_identity import verify_version
 from sdft_ops.weights_identity import TAG_WEIGHTS_SHA256, weights_sha256
 from tests.pipeline_helpers import fast_config, fresh_home, tiny_base
 
-BOUNDARIES = ("stage", "train", "register", "eval", "gate")
+BOUNDARIES = ("stage", "train", "register", "eval", "verdict", "gate")
 NEXT_STEP = {"stage": "train_step", "train": "eval_step", "eval": "gate_step", "gate": "outcome_of"}
 
 
@@ -74,6 +75,8 @@ def kill_after(boundary: str, mp: pytest.MonkeyPatch) -> None:
             raise Killed(boundary)
 
         mp.setattr(PolicyRegistry, "register_candidate", register_then_die)
+    elif boundary == "verdict":
+        mp.setattr(PolicyRegistry, "promote", die)
     else:
         mp.setattr(pipeline, NEXT_STEP[boundary], die)
 
