@@ -7,11 +7,13 @@
   sdft-ops promote VERSION --reason .. manual promotion (recorded as such)
   sdft-ops rollback --reason ..        champion → the previously promoted version (recorded)
   sdft-ops history                     every promotion / rejection / rollback, oldest first
+  sdft-ops verify VERSION              a version's recorded weights hash against its files
   sdft-ops submit DEMOS.jsonl          validate a demo file and drop it in the Dagster inbox
   sdft-ops generate -p TEXT            greedy answer from a model
 
-Exit codes: 0 success (a promoted update, a passing gate), 3 the gate rejected, 2 bad input or
-a failed step (the message says what to fix), 130 interrupted.
+Exit codes: 0 success (a promoted update, a passing gate, a verified version), 3 the gate
+rejected, 2 bad input or a failed step (the message says what to fix), 1 a version's files do
+not match its hash, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -122,6 +124,11 @@ def _cmd_gate(args) -> int:
           file=sys.stderr)
     decision = decide_from_file(args.report, policy, parent_version=parent,
                                 champion_version=champion, new_domain=domain)
+    if state is not None and state.version is not None:  # the report must be the version's
+        from sdft_ops.version_identity import identity_check, with_identity
+
+        tags = _registry(args, cfg).get_version(state.version).tags
+        decision = with_identity(decision, identity_check(Path(args.report), state.version, tags))
     print(decision.to_markdown())
     return 0 if decision.promote else EXIT_REJECTED
 
@@ -149,6 +156,14 @@ def _cmd_history(args) -> int:
         print(f"{e.when}  {e.action:<15} v{e.version:<4} champion {e.from_version} → "
               f"{e.to_version}  by {e.who}: {e.why}")
     return 0
+
+
+def _cmd_verify(args) -> int:
+    from sdft_ops.version_identity import verify_version
+
+    ok, line = verify_version(_registry(args, _config(args)), args.version)
+    print(line)
+    return 0 if ok else 1
 
 
 def _cmd_submit(args) -> int:
@@ -211,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p = add("history", _cmd_history, "promotions, rejections and rollbacks, oldest first")
     p.add_argument("--json", action="store_true")
+    p = add("verify", _cmd_verify, "check a registered version's weights against its recorded hash")
+    p.add_argument("version")
     p = add("submit", _cmd_submit, "validate a demo file and queue it in the Dagster inbox")
     p.add_argument("demos")
     p.add_argument("--inbox", default="inbox", help="the folder the inbox sensor watches")

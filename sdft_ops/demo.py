@@ -227,9 +227,8 @@ def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
     from sdft_ops.evaluation.report import plot_accuracy_matrix
     from sdft_ops.models import resolve_model_path
     from sdft_ops.evaluation.battery import recorded_domain_suites, suites_for
-    from sdft_ops.update_state import update_dir
-
     from sdft_ops.pipeline import phase_listener
+    from sdft_ops.weights_identity import model_ref
 
     quiet_mlflow()
     home, cfg = data_home(home), chain.base_config()
@@ -249,7 +248,8 @@ def run_chain(runner: Callable, chain: DemoChain, home: Path | None = None):
     suites += [s for s in suites_for(cfg, home) if s.name in SAFETY_SUITES]
     stages = [("base", f"base:{cfg.model.name_or_path}", resolve_model_path(cfg.model))]
     for o in outcomes:
-        stages.append((o.domain, f"update:{o.update_id}", str(update_dir(home, o.update_id) / "model"))
+        stages.append((o.domain, model_ref(o.update_id, o.state.weights_sha256),
+                       o.state.need("model_dir"))
                       if o.promoted else (o.domain, *stages[-1][1:]))
     matrix = accuracy_matrix(stages, suites, cfg, home, {f"domain/{n}": i + 1 for i, n in enumerate(names)})
     return outcomes, records, matrix, plot_accuracy_matrix(matrix, home / "accuracy_matrix.png")

@@ -100,6 +100,7 @@ class GateDecision(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list, description="failed warn_only checks")
     model_ref: str | None = None
+    model_sha256: str | None = None  # the weights the judged report says it scored
     reference_ref: str | None = None
     parent_version: str | None = None
     champion_version: str | None = None
@@ -371,7 +372,8 @@ def decide(report: EvalReport, policy: GatePolicy, *, parent_version: str | None
     for name, test in policy.sequential_for(new_domain).items():
         checks += _sequential_check(name, test, report)
     return GateDecision.from_checks(checks, model_ref=report.model_ref, reference_ref=report.reference_ref,
-                                    parent_version=parent_version, champion_version=champion_version)
+                                    model_sha256=report.model_sha256, parent_version=parent_version,
+                                    champion_version=champion_version)
 
 
 def decide_from_file(path: str | os.PathLike, policy: GatePolicy, *, parent_version: str | None,

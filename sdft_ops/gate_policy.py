@@ -80,7 +80,7 @@ from sdft_ops.jsonl import validation_error_lines
 SuiteClass = Literal["prior", "safety", "domain"]
 RuleName = Literal["min_score", "max_drop", "max_relative_drop", "min_retention_ci_low", "min_gain",
                    "max_drop_if_significant", "sequential", "parent_is_champion", "required", "coverage", "finite", "reference", "provenance",
-                   "report_readable"]
+                   "report_readable", "identity"]
 
 SAFETY_PREFIX = "safety_"
 DOMAIN_PREFIX = "domain/"

@@ -8,9 +8,15 @@ Each step is a function the CLI (`run_update`) and the Dagster assets both call:
     gate_step(update_id, cfg, home, registry)      # 4. decide; promote or reject, recorded
 
 Between steps an update lives in `<home>/updates/<update_id>/` (`update_state.UpdateState` in
-state.json, train.jsonl, model/, eval_report.json, gate_decision.*), so a step can run in
+state.json, train.jsonl, model-<hash>/, eval_report.json, gate_decision.*), so a step can run in
 another process (a Dagster asset). What it is scored on, and the score cache:
 `evaluation.battery`.
+
+The weights keep one identity from training to promotion (`weights_identity`): each training
+publishes a new folder named by its hash, the report and the registered version record that
+hash, the gate checks that they agree, and the champion moves only to the judged weights. A
+rerun of an update id resumes it: from a newer champion if one was promoted meanwhile (its
+stale registered version is superseded); a finished update (gated) is refused, unchanged.
 """
 
 from __future__ import annotations
@@ -37,7 +43,14 @@ from sdft_ops.evaluation.scorers import get_scorer
 from sdft_ops.gate import GateDecision
 from sdft_ops.home import data_home
 from sdft_ops.models import check_model_reference
-from sdft_ops.registry import TAG_DOMAIN, TAG_METHOD, TAG_MODEL_DIR, TAG_UPDATE_ID, PolicyRegistry
+from sdft_ops.registry import (
+    CANDIDATE,
+    TAG_DOMAIN,
+    TAG_METHOD,
+    TAG_MODEL_DIR,
+    TAG_UPDATE_ID,
+    PolicyRegistry,
+)
 from sdft_ops.settings import UpdateConfig
 from sdft_ops.update_state import (
     Parent,
@@ -45,8 +58,18 @@ from sdft_ops.update_state import (
     fresh_checkpoints,
     load_state,
     new_update_id,
+    refuse_finished,
     save_state,
+    state_path,
     update_dir,
+)
+from sdft_ops.weights_identity import (
+    TAG_REPORT_SHA256,
+    TAG_WEIGHTS_SHA256,
+    model_ref,
+    publish_model,
+    report_sha256,
+    weights_sha256,
 )
 
 # (update_id, phase, wall seconds): told when train, evaluate or gate ends, in whichever process
@@ -73,6 +96,7 @@ def _phase_ended(update_id: str, phase: str, started: float) -> None:
 @dataclass
 class Trained:
     model_dir: Path
+    weights_sha256: str
     method: str
     seconds: float
     final: dict[str, float]
@@ -100,7 +124,8 @@ def rollout_check(demo: Demonstration, text: str, cfg: UpdateConfig) -> bool:
 
 def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: UpdateConfig,
                     home: Path, logger=None, replay: Sequence[Demonstration] = ()) -> Trained:
-    """Train from the parent on the domain's demos (+ `replay`); writes updates/<id>/model."""
+    """Train from the parent on the domain's demos (+ `replay`); publishes a new folder
+    updates/<id>/model-<hash> (`weights_identity.publish_model`), never writing an existing one."""
     from sdft_ops.engine import train
     from sdft_ops.engine.ceiling import teacher_ceiling
     from sdft_ops.engine.checkpoint import save_trained_model
@@ -137,8 +162,27 @@ def train_candidate(update_id: str, domain: DomainData, parent: Parent, cfg: Upd
             "demo_tokens_cut": result.demo_tokens_cut, "seconds": result.seconds,
             "peak_rss_gb": result.peak_rss_gb,
             "replay_ids": [d.id for d in replay]}
-    model_dir = save_trained_model(model, tokenizer, folder / "model", meta)
-    return Trained(model_dir, cfg.train.method, result.seconds, result.final, ceiling, result.peak_rss_gb)
+    model_dir, sha256 = publish_model(lambda dest: save_trained_model(model, tokenizer, dest, meta),
+                                      folder)
+    return Trained(model_dir, sha256, cfg.train.method, result.seconds, result.final, ceiling,
+                   result.peak_rss_gb)
+
+
+def refuse_gated(update_id: str, home: Path, registry) -> None:
+    """`refuse_finished`, after recording a gate whose registry action (in the ledger) happened
+    but whose state was not written (killed in between): a rerun must not train a champion
+    from itself."""
+    state = load_state(home, update_id) if state_path(home, update_id).is_file() else None
+    if state is not None and state.promoted is None and state.version is not None:
+        acted = [e for e in registry.history() if e.version == state.version
+                 and e.action in ("promote", "manual_promote", "reject")]
+        if acted:
+            promoted = acted[-1].action != "reject"
+            save_state(home, update_id, promoted=promoted,
+                       reasons=[] if promoted else [acted[-1].why])
+            if promoted:
+                mark_domain_taught(home, state.domain)
+    refuse_finished(home, update_id)
 
 
 def _staged_domain(home: Path, update_id: str, cfg: UpdateConfig) -> DomainData:
@@ -154,6 +198,7 @@ def _staged_domain(home: Path, update_id: str, cfg: UpdateConfig) -> DomainData:
 
 def stage_dataset(update_id: str, dataset: DemoDataset, cfg: UpdateConfig, home: Path) -> DomainData:
     """Step 1: validate, split and record the update's data under updates/<id>/."""
+    refuse_finished(home, update_id)
     check_model_reference(cfg.model)  # a misspelt model stops here, before anything is written
     domain = prepare_domain(dataset, cfg, home)
     domain.train.write_jsonl(update_dir(home, update_id) / "train.jsonl")
@@ -169,6 +214,7 @@ def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Train
     from sdft_ops.tracking import start_update_run
 
     started = time.perf_counter()
+    refuse_gated(update_id, home, registry)
     domain = _staged_domain(home, update_id, cfg)
     parent = registry.parent_for_update(cfg.model)
     replay = draw_replay(replay_pool(registry, home, parent.version, cfg.replay),
@@ -184,12 +230,14 @@ def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Train
             logger.log_artifact(ids)
             logger.log_dict({"replay/demonstrations": float(len(replay))}, 0)
         trained = train_candidate(update_id, domain, parent, cfg, home, logger, replay)
+        logger.set_tags({TAG_WEIGHTS_SHA256: trained.weights_sha256})
     except BaseException:
         logger.close("FAILED")
         raise
     logger.close()
     save_state(home, update_id, run_id=logger.run_id, parent=parent,
-               model_dir=str(trained.model_dir), train_final=trained.final,
+               model_dir=str(trained.model_dir), weights_sha256=trained.weights_sha256,
+               train_final=trained.final,
                train_seconds=trained.seconds, train_peak_rss_gb=trained.peak_rss_gb,
                ceiling=trained.ceiling, method=trained.method,
                replay_ids=[d.id for d in replay])
@@ -205,36 +253,56 @@ def lineage_description(update_id: str, domain: str, method: str, parent_version
 
 
 def eval_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> tuple[EvalReport, str]:
-    """Step 3: score candidate and parent on every suite, register the candidate, log it all."""
+    """Step 3: score candidate and parent on every suite, register the candidate (or find the
+    version a killed run registered for these weights), log it all."""
     from sdft_ops.tracking import MlflowLogger, log_eval_report
+    from sdft_ops.version_identity import candidate_version
 
     started = time.perf_counter()
+    refuse_gated(update_id, home, registry)
     state = load_state(home, update_id)
     domain, parent, model_dir = _staged_domain(home, update_id, cfg), state.need("parent"), state.need("model_dir")
-    report = evaluate_candidate(Path(model_dir), f"update:{update_id}", parent,
-                                suites_for(cfg, home, domain), cfg, home, new_domain=domain.name)
+    if state.weights_sha256 is None:  # trained before hashes were recorded: hashed once, here
+        state = save_state(home, update_id, weights_sha256=weights_sha256(model_dir))
+    sha256 = state.weights_sha256
+    report = evaluate_candidate(Path(model_dir), model_ref(update_id, sha256), parent,
+                                suites_for(cfg, home, domain), cfg, home, new_domain=domain.name,
+                                candidate_sha256=sha256)
     seconds = time.perf_counter() - started
-    report.save(update_dir(home, update_id) / "eval_report.json")
-    version = state.version or registry.register_candidate(
-        model_dir, parent_version=parent.version, dataset_hash=state.dataset_hash,
-        method=state.need("method"), base_model=cfg.model.name_or_path, run_id=state.run_id,
-        tags={TAG_MODEL_DIR: model_dir, TAG_UPDATE_ID: update_id, TAG_DOMAIN: domain.name},
-        description=lineage_description(update_id, domain.name, state.need("method"), parent.version))
-    log_eval_report(MlflowLogger(state.run_id, registry.tracking_uri), report)
+    report_file = report.save(update_dir(home, update_id) / "eval_report.json")
+    version = candidate_version(registry, update_id, sha256, parent.version)
+    if version is None:
+        version = registry.register_candidate(
+            model_dir, parent_version=parent.version, dataset_hash=state.dataset_hash,
+            method=state.need("method"), base_model=cfg.model.name_or_path, run_id=state.run_id,
+            tags={TAG_MODEL_DIR: model_dir, TAG_UPDATE_ID: update_id, TAG_DOMAIN: domain.name,
+                  TAG_REPORT_SHA256: report_sha256(report_file)}, weights_sha256=sha256,
+            description=lineage_description(update_id, domain.name, state.need("method"),
+                                            parent.version))
+    else:  # registered by a run killed before it recorded the version: the same weights
+        registry.client.set_model_version_tag(registry.name, version, TAG_REPORT_SHA256,
+                                              report_sha256(report_file))
+        registry.client.set_registered_model_alias(registry.name, CANDIDATE, version)
     save_state(home, update_id, version=version, eval_seconds=seconds)
+    log_eval_report(MlflowLogger(state.run_id, registry.tracking_uri), report)
     _phase_ended(update_id, "evaluate", started)
     return report, version
 
 
 def gate_decision(update_id: str, cfg: UpdateConfig, home: Path, registry) -> GateDecision:
-    """The gate's verdict on a scored update (pure apart from reading files and the champion)."""
+    """The gate's verdict on a scored update (pure apart from reading files, the champion and
+    the candidate version's tags): the policy's checks, and that the report scored the
+    candidate version's weights and is the report recorded for it (`identity_check`)."""
     from sdft_ops.gate import decide_from_file
+    from sdft_ops.version_identity import identity_check, with_identity
 
     state = load_state(home, update_id)
-    return decide_from_file(update_dir(home, update_id) / "eval_report.json", cfg.gate,
-                            parent_version=state.need("parent").version,
-                            champion_version=registry.champion_version(),
-                            new_domain=state.domain)
+    version, path = state.need("version"), update_dir(home, update_id) / "eval_report.json"
+    decision = decide_from_file(path, cfg.gate, parent_version=state.need("parent").version,
+                                champion_version=registry.champion_version(),
+                                new_domain=state.domain)
+    tags = registry.get_version(version).tags
+    return with_identity(decision, identity_check(path, version, tags))
 
 
 def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,
@@ -245,6 +313,7 @@ def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,
     from sdft_ops.tracking import MlflowLogger, log_eval_artifacts
 
     started = time.perf_counter()
+    refuse_gated(update_id, home, registry)
     state = load_state(home, update_id)
     decision = gate_decision(update_id, cfg, home, registry)
     if blocked:
@@ -289,6 +358,7 @@ def run_update(dataset: DemoDataset, cfg: UpdateConfig, *, update_id: str | None
     home = data_home(home)
     registry = registry or PolicyRegistry.from_config(cfg, home)
     update_id = update_id or new_update_id(dataset.domains[0] if dataset.domains else "update", home)
+    refuse_gated(update_id, home, registry)
     stage_dataset(update_id, dataset, cfg, home)
     train_step(update_id, cfg, home, registry)
     eval_step(update_id, cfg, home, registry)

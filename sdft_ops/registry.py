@@ -9,8 +9,9 @@ code is `sdft_ops/policy_model.py` (models-from-code: nothing pickled; the folde
 an MLflow 3 logged model of a run, and registers it as a new version of `name` (default
 `sdft-ops-policy`) with the alias `candidate`. Version tags: `sdft_ops.parent_version`,
 `sdft_ops.dataset_hash`, `sdft_ops.method`, `sdft_ops.base_model`, `sdft_ops.code_version`
-(git commit, absent outside a checkout) and `sdft_ops.gate_verdict` (`pending` until
-`promote`/`reject` set it; a reject with a decision adds `sdft_ops.gate_reasons`).
+(git commit, absent outside a checkout), `sdft_ops.weights_sha256` (`weights_identity`: a gated
+promotion needs the decision's judged hash to be this one) and `sdft_ops.gate_verdict`
+(`pending` until `promote`/`reject` set it; a reject with a decision adds `sdft_ops.gate_reasons`).
 
 Every action is recorded in the promotion ledger (`sdft_ops.ledger`,
 `<home>/registry/<name>.ledger.jsonl`); replaying it gives the champion stack, so `rollback`
@@ -29,10 +30,7 @@ still live in the local data home: processes that promote must share it.
     v = registry.register_candidate(folder, parent_version="3", dataset_hash=h, method="sdft",
                                     base_model="smollm2-135m-instruct")
     decision = decide(report, policy, parent_version="3", champion_version=registry.champion_version())
-    if decision.promote:
-        registry.promote(v, "gate passed", decision=decision)   # StalePromotionError if the champion moved
-    else:
-        registry.reject(v, "; ".join(decision.reasons), decision=decision)
+    registry.promote(v, "gate passed", decision=decision)   # StalePromotionError if the champion moved
     load_champion(tracking_uri=registry.tracking_uri).predict(["Hello"])
 """
 
@@ -69,6 +67,8 @@ from sdft_ops.policy_package import (  # noqa: F401  (check_model_folder, load_c
     policy_signature,
 )
 from sdft_ops.tracking import DEFAULT_EXPERIMENT, TAG_CODE_VERSION, TAG_PARENT_VERSION, code_version
+from sdft_ops.weights_identity import TAG_WEIGHTS_SHA256, check_judged, model_ref
+from sdft_ops.weights_identity import weights_sha256 as hash_weights
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -188,9 +188,10 @@ class PolicyRegistry:
                                                         tracking_uri=self.tracking_uri)
             model_dir = str(next(Path(local).rglob("config.json")).parent)
         # the identity it was scored under as a candidate, so its cached results are reused
-        update_id = mv.tags.get(TAG_UPDATE_ID)
-        ref = f"update:{update_id}" if update_id else f"{self.name}/v{version}"
-        return Parent(version=version, model_dir=model_dir, ref=ref, run_id=mv.run_id)
+        update_id, sha256 = mv.tags.get(TAG_UPDATE_ID), mv.tags.get(TAG_WEIGHTS_SHA256)
+        ref = model_ref(update_id, sha256) if update_id else f"{self.name}/v{version}"
+        return Parent(version=version, model_dir=model_dir, ref=ref, run_id=mv.run_id,
+                      weights_sha256=sha256)
 
     def parent_of(self, version: str) -> str | None:
         parent = self.get_version(version).tags.get(TAG_PARENT_VERSION, NO_PARENT)
@@ -231,11 +232,13 @@ class PolicyRegistry:
     def register_candidate(self, model_dir: str | os.PathLike, *, parent_version: str | None,
                            dataset_hash: str, method: Method, base_model: str, run_id: str | None = None,
                            commit: str | None = "auto", tags: Mapping[str, str] | None = None,
-                           description: str | None = None) -> str:
+                           description: str | None = None,
+                           weights_sha256: str | None = None) -> str:
         """Log `model_dir` as a pyfunc model and register it as a new version aliased `candidate`.
 
         `run_id`: the update's MLflow run (the model is logged there); None creates a short
         `register` run. `commit`: the code version tag; "auto" = `git rev-parse HEAD`, None = none.
+        `weights_sha256`: the folder's recorded hash (tag `sdft_ops.weights_sha256`), else hashed.
         Returns the new version number as a string.
         """
         import mlflow
@@ -261,6 +264,7 @@ class PolicyRegistry:
         version_tags = {TAG_PARENT_VERSION: NO_PARENT if parent_version is None else str(parent_version),
                         TAG_DATASET_HASH: dataset_hash, TAG_METHOD: method, TAG_BASE_MODEL: base_model,
                         TAG_GATE_VERDICT: "pending", **({TAG_CODE_VERSION: commit} if commit else {}),
+                        TAG_WEIGHTS_SHA256: weights_sha256 or hash_weights(folder),
                         **dict(tags or {})}
         logged = self.client.create_logged_model(experiment_id, name="policy", source_run_id=run_id,
                                                  tags={k: v for k, v in version_tags.items()
@@ -318,7 +322,9 @@ class PolicyRegistry:
         if decision is not None and not decision.promote and not manual:
             raise RegistryError(f"the gate rejected version {version}: {'; '.join(decision.reasons)}; "
                                 "promote(..., manual=True) overrides it and is recorded as manual_promote")
-        self.get_version(version)
+        held = self.get_version(version).tags
+        if decision is not None and not manual:
+            check_judged(decision, version, held)
         if isinstance(expected_champion, _Parent):
             check, expected = not manual, (None if manual else self.parent_of(version))
         else:

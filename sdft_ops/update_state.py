@@ -8,7 +8,6 @@ an earlier step did not write into a one-line error naming that step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -17,9 +16,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from sdft_ops.weights_identity import weights_sha256
+
 log = logging.getLogger(__name__)
 WRITTEN_BY = {"run_id": "sdft_checkpoint (train)", "parent": "sdft_checkpoint (train)",
               "model_dir": "sdft_checkpoint (train)", "method": "sdft_checkpoint (train)",
+              "weights_sha256": "sdft_checkpoint (train)",
               "version": "eval_results (eval)", "promoted": "gate (promote/reject)"}
 
 
@@ -31,6 +33,7 @@ class Parent(BaseModel):
     model_dir: str  # folder or hub id to load
     ref: str  # stable identity for caches and reports
     run_id: str | None = None
+    weights_sha256: str | None = None  # as recorded on the version; None: hashed when needed
 
 
 class UpdateState(BaseModel):
@@ -46,6 +49,7 @@ class UpdateState(BaseModel):
     run_id: str | None = None
     parent: Parent | None = None
     model_dir: str | None = None
+    weights_sha256: str | None = None  # weights_identity.weights_sha256(model_dir), hashed once
     method: str | None = None
     train_final: dict[str, float] = {}
     train_seconds: float | None = None
@@ -98,6 +102,22 @@ def save_state(home: Path, update_id: str, **fields) -> UpdateState:
     return state
 
 
+class UpdateFinished(RuntimeError):
+    """The update was gated already; its steps are not run again."""
+
+
+def refuse_finished(home: Path, update_id: str) -> None:
+    """A one-line `UpdateFinished` when the update was gated (promoted or rejected): running its
+    steps again would retrain a champion from itself. Nothing is written."""
+    path = state_path(home, update_id)
+    state = UpdateState.model_validate_json(path.read_text()) if path.is_file() else None
+    if state is not None and state.promoted is not None:
+        verdict = "promoted" if state.promoted else "rejected"
+        raise UpdateFinished(f"update {update_id!r} is finished: version {state.version} was "
+                             f"{verdict}; nothing was changed — start a new update with another "
+                             "--update-id (a new partition in Dagster)")
+
+
 def new_update_id(domain: str, home: Path) -> str:
     """`<UTC time>-<domain>-<6 hex>`, its folder created atomically: two updates started in the
     same second never share an id (mkdir fails for the second, which draws again)."""
@@ -112,11 +132,12 @@ def new_update_id(domain: str, home: Path) -> str:
 
 
 def parent_identity(parent: Parent) -> dict:
-    """The parent an update trains from: registered version, ref and a hash of its weights."""
-    from sdft_ops.models import sha256_file
-
-    weights = sorted(Path(parent.model_dir).glob("*.safetensors")) if Path(parent.model_dir).is_dir() else []
-    digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
+    """The parent an update trains from: registered version, ref and the hash of its weights
+    (the recorded one; hashed here only for a parent with none recorded, e.g. the base model)."""
+    digest = parent.weights_sha256
+    if digest is None:
+        folder = Path(parent.model_dir)
+        digest = weights_sha256(folder) if any(folder.glob("*.safetensors")) else ""
     return {"version": parent.version, "ref": parent.ref, "weights_sha256": digest}
 
 

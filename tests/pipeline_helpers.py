@@ -59,3 +59,22 @@ def tiny_config(base: Path, **train) -> UpdateConfig:
 
 # SFT at a high learning rate: measurably damages the drift suite (a real reject).
 DAMAGING = {"method": "sft", "learning_rate": 5e-2, "max_steps": 3}
+
+
+def fast_config(base: Path) -> UpdateConfig:
+    """`tiny_config` cut to what the weights-identity and fault-injection tests need (~2 s an
+    update on 2 cores): one gentle SFT step, no teacher ceiling, the drift and domain suites."""
+    cfg = tiny_config(base, method="sft", max_steps=1)
+    return cfg.model_copy(update={
+        "ceiling": cfg.ceiling.model_copy(update={"enabled": False}),
+        "eval": cfg.eval.model_copy(update={
+            "safety": False, "prior_sizes": dict.fromkeys(cfg.eval.prior_sizes, 0)})})
+
+
+def fresh_home(folder: Path, mlflow_template: Path) -> Path:
+    """A data home whose MLflow store is a copy of the empty migrated template (no 8 s migration)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(mlflow_template, folder / "mlflow.db")
+    return folder

@@ -17,8 +17,8 @@ from sdft_ops.domains import load_shipped
 from sdft_ops.registry import PolicyRegistry
 from tests.pipeline_helpers import DAMAGING, tiny_base, tiny_config
 
-SUBCOMMANDS = ("demo", "update", "eval", "gate", "promote", "rollback", "history", "submit",
-               "generate")
+SUBCOMMANDS = ("demo", "update", "eval", "gate", "promote", "rollback", "history", "verify",
+               "submit", "generate")
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

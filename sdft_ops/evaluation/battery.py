@@ -247,7 +247,8 @@ def score_model(model_dir: str, model_ref: str, suites: Sequence, cfg: UpdateCon
 
 
 def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, suites: Sequence,
-                       cfg: UpdateConfig, home: Path, new_domain: str | None = None) -> EvalReport:
+                       cfg: UpdateConfig, home: Path, new_domain: str | None = None,
+                       candidate_sha256: str | None = None) -> EvalReport:
     """Score the candidate and its parent (the reference) on `suites` and build the report.
     A suite in one of the gate's sequential tests (`cfg.gate.sequential`) is scored in its
     seeded evaluation order, `block` items per look, until the test settles
@@ -257,7 +258,8 @@ def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, 
     looks side by side): the report holds the suites scored so far and says why
     (`EvalReport.stopped_early`). The tests
     are those that judge an update teaching `new_domain` (`GatePolicy.sequential_for`: an
-    alignment update's safety suites are scored whole, not tested for a drop)."""
+    alignment update's safety suites are scored whole, not tested for a drop).
+    `candidate_sha256`, the candidate's recorded weights hash, goes into the report."""
     from sdft_ops.evaluation.sequential import evaluation_order, order_key, sprt
 
     cand = ModelScores(str(candidate_dir), candidate_ref, cfg, home)
@@ -316,4 +318,5 @@ def evaluate_candidate(candidate_dir: Path, candidate_ref: str, parent: Parent, 
     reference = {s.name: reference[s.name] for s in suites if s.name in reference}
     return build_report(candidate_ref, candidate, reference_ref=parent.ref,
                         reference_results=reference, config=cfg.model_dump(mode="json"),
-                        seed=cfg.eval.seed, n_boot=cfg.eval.n_boot, stopped_early=stopped)
+                        seed=cfg.eval.seed, n_boot=cfg.eval.n_boot, stopped_early=stopped,
+                        model_sha256=candidate_sha256)

@@ -41,6 +41,8 @@ class EvalReport(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
 
     model_ref: str = Field(min_length=1)
+    model_sha256: str | None = Field(None, description="weights_identity.weights_sha256 of the scored "
+                                     "model folder; the gate ties it to the candidate version")
     reference_ref: str | None = None
     results: dict[str, SuiteResult] = Field(min_length=1)
     reference_results: dict[str, SuiteResult] = Field(default_factory=dict)
@@ -191,13 +193,14 @@ def build_report(model_ref: str, results: Results, reference_ref: str | None = N
                  reference_results: Results | None = None, config: dict[str, Any] | None = None,
                  seed: int = 0, n_boot: int = 2000, *, level: float = 0.95,
                  created_at: str | None = None, code_version: str | None = None,
-                 stopped_early: str | None = None) -> EvalReport:
+                 stopped_early: str | None = None, model_sha256: str | None = None) -> EvalReport:
     """Compute per-suite bootstrap CIs and paired retention for suites present in both sets.
 
     `results` / `reference_results` are mappings suite → SuiteResult or plain iterables of
     SuiteResult. Every bootstrap uses `seed`, so the report is a deterministic function of its
     inputs apart from `created_at` (now, UTC, unless given) and `code_version` (the installed
     sdft-ops version unless given). Incomparable suite pairs raise ComparabilityError.
+    `model_sha256`: the hash of the scored model's weights (`weights_identity`).
     """
     cand = _by_suite(results, "results")
     if not cand:
@@ -206,7 +209,8 @@ def build_report(model_ref: str, results: Results, reference_ref: str | None = N
     if ref and reference_ref is None:
         raise ValueError("reference_results given without reference_ref; name the reference model")
     return EvalReport(
-        model_ref=model_ref, reference_ref=reference_ref, results=cand, reference_results=ref,
+        model_ref=model_ref, model_sha256=model_sha256, reference_ref=reference_ref, results=cand,
+        reference_results=ref,
         score_ci={s: bootstrap_ci(r.scores, n_boot=n_boot, seed=seed, level=level) for s, r in cand.items()},
         retention={s: retention(cand[s], ref[s], n_boot=n_boot, seed=seed, level=level)
                    for s in cand if s in ref},
