@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from sdft_ops.models import DEFAULT_MODEL, ModelSpec
+from sdft_ops.tracking_recovery import tracking_calls
 
 SAMPLE_PROMPT = "In one sentence, why do language models forget old skills when fine-tuned?"
 DEFAULT_CONFIG = "configs/update.yaml"
@@ -225,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with tracking_calls():  # bounded MLflow timeouts; a tracking failure in one line
+            return args.func(args)
     except KeyboardInterrupt:
         print("sdft-ops: interrupted", file=sys.stderr)
         return 130

@@ -40,7 +40,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sdft_ops.mlflow_store import ensure_experiment, ready_tracking_uri
+from sdft_ops.mlflow_store import (
+    HTTP_LIMITS_LAST_CALL,
+    bounded_http,
+    ensure_experiment,
+    ready_tracking_uri,
+)
 from sdft_ops.settings import TrackingConfig
 
 if TYPE_CHECKING:  # mlflow is imported inside functions: the Dagster code server imports this module
@@ -193,10 +198,22 @@ class MlflowLogger:
         self.client.log_batch(self.run_id, tags=[RunTag(k, _tag_value(v)) for k, v in tags.items()])
 
     def close(self, status: str = "FINISHED") -> None:
-        """Stop system metrics and mark the run terminated (idempotent)."""
+        """Stop system metrics and mark the run terminated (idempotent). Closing a failed run is
+        best effort, quickly: it must not hide or delay the error that failed it."""
         if self._closed:
             return
         self._closed = True
+        if status == "FINISHED":
+            self._terminate(status)
+            return
+        try:
+            with bounded_http(HTTP_LIMITS_LAST_CALL, force=True):
+                self._terminate(status)
+        except Exception as e:  # noqa: BLE001 — the failure being reported matters more
+            log.warning("MLflow run %s stays RUNNING (marking it %s failed: %s)", self.run_id,
+                        status, " ".join(str(e).split())[:200])
+
+    def _terminate(self, status: str) -> None:
         if self._system_metrics is not None:
             self._system_metrics.finish()
         self.client.set_terminated(self.run_id, status)

@@ -1,0 +1,212 @@
+"""Tracking's recovery paths (issue 33, rows 7, 8 and 12), against real MLflow: a sqlite
+store in a temporary data home, and plain socket servers on 127.0.0.1 that accept connections
+and never answer.
+
+Each test fails without its fix: bounded waits and one-line errors (7, 12), a locked store in
+one line and exit 2 (8), a copied home refused (12).
+"""
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdft_ops import cli
+from sdft_ops.domains import load_shipped
+from sdft_ops.mlflow_store import (
+    HTTP_LIMITS,
+    HTTP_LIMITS_LAST_CALL,
+    StoreLocked,
+    TrackingUnreachable,
+)
+from sdft_ops.registry import PolicyRegistry
+from sdft_ops.tracking import start_update_run
+from sdft_ops.tracking_recovery import tracking_calls, tracking_failure
+from tests.pipeline_helpers import tiny_base, tiny_config
+
+HTTP_VARS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    return tiny_config(tiny_base(tmp_path_factory.mktemp("base")))
+
+
+@pytest.fixture
+def store(home, mlflow_template, monkeypatch) -> Path:
+    """A data home with a fresh sqlite store, reached through the home alone (no global URI)."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(mlflow_template, home / "mlflow.db")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *HTTP_VARS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return home
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str, float]:
+    capsys.readouterr()
+    started = time.monotonic()
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err, time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+@contextlib.contextmanager
+def silent_server(*, health: bool = False):
+    """A socket server on 127.0.0.1 that accepts connections and never answers (with `health`,
+    it answers `GET /health` and nothing else). Yields its URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed
+            held.append(conn)
+            if health:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    if conn.recv(65536).startswith(b"GET /health"):
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                     b"Connection: close\r\n\r\nOK")
+                        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+# ---------------------------------------------------------------------------- row 7
+
+
+def test_a_server_that_never_answers_fails_an_update_in_seconds_with_one_line(
+        store, cfg, tmp_path, capsys, monkeypatch):
+    config = tmp_path / "update.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    demos = load_shipped("tooluse")[0].write_jsonl(tmp_path / "tooluse.jsonl")
+    with silent_server() as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        code, _, err, seconds = run_cli(capsys, "update", demos, "--home", store, "--config", config)
+    assert code == 2 and seconds < 30
+    line = one_line(err)
+    assert url in line and "no answer" in line and len(line) < 250, line
+    assert not (store / "updates").exists() or not any((store / "updates").iterdir())  # nothing staged
+    assert not any(name in os.environ for name in HTTP_VARS)  # nothing leaked
+
+
+def test_a_server_that_stops_answering_mid_step_fails_in_one_line_within_the_bound(
+        store, monkeypatch):
+    with silent_server(health=True) as url:
+        registry = PolicyRegistry(url, home=store)  # it answers /health
+        assert not any(name in os.environ for name in HTTP_VARS)  # the probe sets nothing
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")  # the user's value wins
+        started = time.monotonic()
+        with pytest.raises(TrackingUnreachable) as err, tracking_calls():
+            retries = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+            assert os.environ[retries] == HTTP_LIMITS[retries]  # ours, where the user set none
+            registry.champion_version()
+        assert time.monotonic() - started < 10
+    line = one_line(str(err.value))
+    assert url in line and "no answer within 1 s" in line, line
+    assert err.value.__cause__ is not None  # MLflow's error kept as the cause
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    assert not any(name in os.environ for name in HTTP_VARS)  # restored after the block
+    # the limits' worst case, a try, a retry after the backoff (+ jitter <= 1 s), then the
+    # failed run's close: under the 30 s an update may take to fail
+    timeout, retries, backoff = (float(HTTP_LIMITS[f"MLFLOW_HTTP_REQUEST_{k}"])
+                                 for k in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR"))
+    last = float(HTTP_LIMITS_LAST_CALL["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    assert (retries + 1) * timeout + retries * (backoff + 1) + last < 30
+
+
+# ---------------------------------------------------------------------------- row 8
+
+
+def test_a_locked_store_ends_promote_promptly_in_one_line_exit_2(store, capsys):
+    (store / ".mlflow.db.ready").touch()  # a store in use: MLflow itself waits 20 s, then 81 lines
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time\n"
+         "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+         "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(120)",
+         str(store / "mlflow.db")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, out, err, seconds = run_cli(capsys, "promote", "1", "--reason", "x", "--home", store)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and seconds < 12, (out, err)
+    line = one_line(err)
+    assert "locked by another process" in line and str(store / "mlflow.db") in line, line
+
+
+def test_a_lock_met_later_is_one_line_too():
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    raw = OperationalError("UPDATE x", {}, sqlite3.OperationalError("database is locked"))
+    failure = tracking_failure(raw)
+    assert isinstance(failure, StoreLocked) and "\n" not in str(failure)
+    assert tracking_failure(ValueError("database is locked")) is None  # not a tracking call's
+
+
+# ---------------------------------------------------------------------------- row 12: promote, copies
+
+
+def test_a_copied_data_home_refuses_to_write_into_the_original(store, tmp_path):
+    first = start_update_run("sdft-ops", "u1", home=store, log_system_metrics=False)
+    first.close()
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    with pytest.raises(ValueError) as err:
+        start_update_run("sdft-ops", "u2", home=copy, log_system_metrics=False)
+    line = one_line(str(err.value))
+    assert str(store.resolve() / "mlartifacts") in line and "outside this data home" in line, line
+    assert "tracking.experiment" in line
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # the original untouched
+    fresh = start_update_run("sdft-ops-copy", "u2", home=copy, log_system_metrics=False)
+    fresh.close()  # the fix the message names works
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    ("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/get failed with exception "
+     "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded (Caused by "
+     "NewConnectionError('Failed to establish a new connection: [Errno 111] Connection refused'))",
+     "MLflow tracking server http://127.0.0.1:5000 stopped answering (connection refused)"),
+    ("API request to endpoint /api/2.0/mlflow/runs/get failed with error code 502 != 200. "
+     "Response body: '<html>\n<body>Bad Gateway</body>\n</html>'",
+     "the MLflow tracking server failed a request (HTTP 502)"),
+])
+def test_mlflow_http_failures_become_one_line(raised, expected):
+    from mlflow.exceptions import MlflowException
+
+    failure = tracking_failure(MlflowException(raised))
+    assert isinstance(failure, TrackingUnreachable) and str(failure).startswith(expected)
+    assert "\n" not in str(failure)
+    assert tracking_failure(MlflowException("Registered Model with name=x not found")) is None
