@@ -41,7 +41,7 @@ from sdft_ops.home import data_home
 from sdft_ops.mlflow_store import StoreLocked, TrackingUnreachable
 from sdft_ops.registry import TAG_DOMAIN, TAG_METHOD, TAG_MODEL_DIR, TAG_UPDATE_ID, PolicyRegistry
 from sdft_ops.settings import UpdateConfig
-from sdft_ops.tracking_recovery import tracking_calls
+from sdft_ops.tracking_recovery import close_dead_runs, tracking_calls
 from sdft_ops.update_state import (
     Parent,
     UpdateState,
@@ -169,6 +169,8 @@ def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Train
     parent = registry.parent_for_update(cfg.model)
     replay = draw_replay(lineage_pool(registry, home, parent.version) if cfg.replay.fraction else [],
                          len(domain.train), cfg.replay, domain.train.content_hash)
+    close_dead_runs(registry.client, cfg.tracking.experiment, {TAG_DOMAIN: domain.name}, home,
+                    keep=update_id)
     logger = start_update_run(cfg.tracking.experiment, update_id, parent_run_id=parent.run_id,
                               uri=registry.tracking_uri, home=home, parent_version=parent.version,
                               tags={TAG_DOMAIN: domain.name, TAG_METHOD: cfg.train.method})

@@ -1,9 +1,14 @@
-"""When tracking fails: bounded waits and one-line errors.
+"""When tracking fails: one-line errors, runs left RUNNING by dead processes.
 
 * `tracking_calls()` — a block (or decorator) for the project's own MLflow calls: HTTP timeouts
   and retries bounded (`mlflow_store.bounded_http`, restored after), and a failed call (no
   answer, a refused or dropped connection, an HTTP 5xx, a locked sqlite store) re-raised as one
   line naming the fix (`TrackingUnreachable`, `StoreLocked`), chained to MLflow's error.
+* Runs left RUNNING: every update run carries `sdft_ops.process` = `host/boot id/pid/start
+  ticks` (and `sdft_ops.data_home`). `close_dead_runs` marks FAILED the RUNNING runs of the same
+  domain whose process has certainly ended — same host, and another boot, no such pid, a zombie,
+  or a pid reused by a later process — and never a run that may be live: another host's, or one
+  without the tag. It removes their update's `checkpoints/` (see its docstring for why).
 """
 
 from __future__ import annotations
@@ -12,12 +17,22 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+import shutil
+import socket
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdft_ops.mlflow_store import StoreLocked, TrackingUnreachable, bounded_http
+from sdft_ops.update_state import update_dir
+
+if TYPE_CHECKING:  # mlflow is imported in functions: the Dagster code server imports this module
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
+TAG_PROCESS = "sdft_ops.process"
+TAG_DATA_HOME = "sdft_ops.data_home"
 _URL = re.compile(r"https?://[^/\s'\"]+")
 
 
@@ -65,3 +80,90 @@ def tracking_calls() -> Iterator[None]:
             if failure is None:
                 raise
             raise failure from e
+
+
+# ---------------------------------------------------------------------------- dead runs
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _proc_stat(pid: int) -> tuple[str, str]:
+    """(state, start time in clock ticks since boot) from /proc; ('', '') where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return "", ""
+    return fields[0], fields[19]
+
+
+def process_identity(pid: int | None = None) -> str:
+    """`host/boot id/pid/start ticks` of a process (default: this one)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}/{_boot_id()}/{pid}/{_proc_stat(pid)[1]}"
+
+
+def process_gone(identity: str | None) -> bool:
+    """True only when the process `identity` names has certainly ended (see module docstring)."""
+    if not identity or identity.count("/") < 3:
+        return False
+    host, boot, pid, start = identity.rsplit("/", 3)
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) <= 0:
+        return False
+    now = _boot_id()
+    if boot and now and boot != now:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    state, started = _proc_stat(int(pid))
+    return state == "Z" or bool(start and started and started != start)
+
+
+def close_dead_runs(client: "MlflowClient", experiment: str, scope: Mapping[str, str],
+                    home: str | os.PathLike, *, keep: str) -> list[str]:
+    """Mark FAILED the RUNNING runs of `experiment` tagged like `scope` (the same domain) whose
+    process has ended; returns their ids. `keep`: this update's run name (its own killed runs
+    are `tracking.fail_stale_runs`' job, and their checkpoints are resumed).
+
+    Their update's `checkpoints/` in this data home are removed, unless a live run has the same
+    name: a newer update of the domain has started, so resuming them would train a superseded
+    attempt (and once the champion moves, `fresh_checkpoints` would drop them anyway); a
+    checkpoint is the size of the model, each time. The update's state and data stay, so it
+    can still be rerun from its start with `--update-id`.
+    """
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    running = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+    dead = [run for run in running if run.info.run_name != keep
+            and all(run.data.tags.get(key) == value for key, value in scope.items())
+            and process_gone(run.data.tags.get(TAG_PROCESS))]
+    dead_ids = {run.info.run_id for run in dead}
+    live_names = {run.info.run_name for run in running if run.info.run_id not in dead_ids}
+    home, removed = Path(home).resolve(), []
+    for run in dead:
+        client.set_terminated(run.info.run_id, "FAILED")
+        name = run.info.run_name
+        if name in live_names or run.data.tags.get(TAG_DATA_HOME) != str(home):
+            continue
+        try:
+            checkpoints = update_dir(home, name) / "checkpoints"
+        except ValueError:
+            continue  # a run name that is no update id of this home
+        if checkpoints.is_dir():
+            shutil.rmtree(checkpoints)
+            removed.append(str(checkpoints))
+    if dead:
+        log.info("closed %d MLflow run(s) left RUNNING by an update whose process is gone, as "
+                 "FAILED (%s); removed their checkpoints: %s", len(dead),
+                 ", ".join(f"{run.info.run_name} {run.info.run_id}" for run in dead),
+                 ", ".join(removed) or "none")
+    return sorted(dead_ids)

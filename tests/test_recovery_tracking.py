@@ -1,19 +1,22 @@
-"""Tracking's recovery paths (issue 33, rows 7, 8 and 12), against real MLflow: a sqlite
-store in a temporary data home, and plain socket servers on 127.0.0.1 that accept connections
-and never answer.
+"""Tracking's recovery paths (issue 33, rows 5, 7, 8 and 12), against real MLflow: a sqlite
+store in a temporary data home, a real `mlflow server` killed mid-update, and plain socket
+servers on 127.0.0.1 that accept connections and never answer.
 
-Each test fails without its fix: bounded waits and one-line errors (7, 12), a locked store in
-one line and exit 2 (8), a copied home refused (12).
+Each test fails without its fix: runs of dead processes closed (5), bounded waits and one-line
+errors (7, 12), a locked store in one line and exit 2 (8), a copied home refused (12).
 """
 
 import contextlib
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,10 +29,19 @@ from sdft_ops.mlflow_store import (
     HTTP_LIMITS_LAST_CALL,
     StoreLocked,
     TrackingUnreachable,
+    tracking_uri,
 )
-from sdft_ops.registry import PolicyRegistry
+from sdft_ops.pipeline import run_update, stage_dataset, train_step
+from sdft_ops.registry import TAG_DOMAIN, PolicyRegistry
 from sdft_ops.tracking import start_update_run
-from sdft_ops.tracking_recovery import tracking_calls, tracking_failure
+from sdft_ops.tracking_recovery import (
+    TAG_PROCESS,
+    close_dead_runs,
+    process_gone,
+    process_identity,
+    tracking_calls,
+    tracking_failure,
+)
 from tests.pipeline_helpers import tiny_base, tiny_config
 
 HTTP_VARS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
@@ -100,6 +112,110 @@ def silent_server(*, health: bool = False):
             conn.close()
 
 
+@pytest.fixture
+def mlflow_server(tmp_path, mlflow_template):
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts): (url, process,
+    its db). The test may kill it; it is stopped after."""
+    db = tmp_path / "server.db"
+    shutil.copy(mlflow_template, db)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
+             "--artifacts-destination", str(tmp_path / "server-artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url, proc, db
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# ---------------------------------------------------------------------------- row 5
+
+
+KILLED = """
+import os, sys, time
+from pathlib import Path
+from sdft_ops.tracking import start_update_run
+home, experiment = Path(sys.argv[1]), sys.argv[2]
+for name, domain in (("u-killed", "tooluse"), ("u-killed-other", "knowledge")):
+    start_update_run(experiment, name, home=home, tags={"sdft_ops.domain": domain},
+                     log_system_metrics=False)
+    (home / "updates" / name / "checkpoints" / "step-1").mkdir(parents=True)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_update_closes_the_runs_its_domain_left_running_in_a_killed_process(
+        store, cfg, caplog):
+    from mlflow import MlflowClient
+
+    experiment = cfg.tracking.experiment
+    child = subprocess.Popen([sys.executable, "-c", KILLED, str(store), experiment],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    live = start_update_run(experiment, "u-live", home=store, tags={TAG_DOMAIN: "tooluse"},
+                            log_system_metrics=False)  # this process: alive
+    (store / "updates" / "u-live" / "checkpoints").mkdir(parents=True)
+    elsewhere = start_update_run(experiment, "u-elsewhere", home=store, tags={TAG_DOMAIN: "tooluse"},
+                                 log_system_metrics=False)
+    elsewhere.set_tags({TAG_PROCESS: "another-host/boot/1/1"})  # cannot be judged from here
+    client = MlflowClient(tracking_uri(store))
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id])}
+
+    stage_dataset("u-new", load_shipped("tooluse")[0], cfg, store)
+    with caplog.at_level(logging.INFO, logger="sdft_ops.tracking_recovery"):
+        train_step("u-new", cfg, store, PolicyRegistry(None, home=store))
+
+    status = {name: client.get_run(run.info.run_id).info.status for name, run in runs.items()}
+    assert status == {"u-killed": "FAILED", "u-killed-other": "RUNNING", "u-live": "RUNNING",
+                      "u-elsewhere": "RUNNING"}
+    assert not (store / "updates" / "u-killed" / "checkpoints").exists()
+    assert (store / "updates" / "u-live" / "checkpoints").is_dir()
+    assert (store / "updates" / "u-killed-other" / "checkpoints").is_dir()
+    lines = [r.getMessage() for r in caplog.records if r.name == "sdft_ops.tracking_recovery"]
+    assert len(lines) == 1 and "u-killed" in lines[0] and "FAILED" in lines[0], lines
+    assert close_dead_runs(client, experiment, {TAG_DOMAIN: "tooluse"}, store, keep="x") == []
+    live.close()
+    elsewhere.close()
+
+
+def test_process_gone_only_when_certain():
+    child = subprocess.Popen(["sleep", "30"])
+    identity = process_identity(child.pid)
+    assert not process_gone(identity)
+    child.kill()
+    child.wait()
+    host, boot, pid, start = identity.rsplit("/", 3)
+    assert process_gone(identity)
+    assert not process_gone(process_identity())  # this one
+    assert process_gone(f"{host}/{boot}/{os.getpid()}/{int(start) + 1}")  # a pid reused later
+    assert process_gone(f"{host}/another-boot/{os.getpid()}/1")  # before a reboot
+    for unknown in (None, "", "garbage", f"another-host/{boot}/{pid}/{start}", f"{host}/{boot}/0/1"):
+        assert not process_gone(unknown)
+
+
 # ---------------------------------------------------------------------------- row 7
 
 
@@ -141,6 +257,43 @@ def test_a_server_that_stops_answering_mid_step_fails_in_one_line_within_the_bou
                                  for k in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR"))
     last = float(HTTP_LIMITS_LAST_CALL["MLFLOW_HTTP_REQUEST_TIMEOUT"])
     assert (retries + 1) * timeout + retries * (backoff + 1) + last < 30
+
+
+# ---------------------------------------------------------------------------- row 12: server dies
+
+
+@pytest.mark.timeout(120)  # the server's start is the slow part (~10 s)
+def test_a_server_killed_mid_step_gives_one_line_and_a_resumable_update(
+        mlflow_server, store, cfg, monkeypatch, caplog):
+    import sdft_ops.pipeline as pipeline
+    from mlflow import MlflowClient
+
+    url, server, db = mlflow_server
+
+    def dies_mid_step(update_id, domain, parent, cfg, home, logger, replay):
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        logger.log_dict({"train/loss": 1.0}, 1)
+
+    monkeypatch.setattr(pipeline, "train_candidate", dies_mid_step)
+    registry = PolicyRegistry(url, home=store)
+    started = time.monotonic()
+    with pytest.raises(TrackingUnreachable) as err, caplog.at_level(logging.WARNING):
+        run_update(load_shipped("tooluse")[0], cfg, update_id="u-dies", home=store, registry=registry)
+    assert time.monotonic() - started < 30
+    line = one_line(str(err.value))
+    assert url in line and "connection refused" in line and "--update-id u-dies" in line, line
+    assert (store / "updates" / "u-dies" / "train.jsonl").is_file()  # kept, resumable
+    client = MlflowClient(f"sqlite:///{db}")  # the dead server's own store
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "RUNNING" and run.data.tags[TAG_PROCESS] == process_identity()
+    assert any("stays RUNNING" in r.getMessage() for r in caplog.records)
+    # once this process has ended, the next update of the domain closes it
+    monkeypatch.setattr("sdft_ops.tracking_recovery.process_gone", lambda identity: True)
+    assert close_dead_runs(client, cfg.tracking.experiment, {TAG_DOMAIN: "tooluse"}, store,
+                           keep="u-next") == [run.info.run_id]
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
 
 
 # ---------------------------------------------------------------------------- row 8
