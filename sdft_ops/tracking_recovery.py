@@ -1,4 +1,4 @@
-"""When tracking fails: one-line errors, runs left RUNNING by dead processes.
+"""When tracking fails: one-line errors, runs left RUNNING by dead processes, weights refetched.
 
 * `tracking_calls()` — a block (or decorator) for the project's own MLflow calls: HTTP timeouts
   and retries bounded (`mlflow_store.bounded_http`, restored after), and a failed call (no
@@ -9,6 +9,8 @@
   domain whose process has certainly ended — same host, and another boot, no such pid, a zombie,
   or a pid reused by a later process — and never a run that may be live: another host's, or one
   without the tag. It removes their update's `checkpoints/` (see its docstring for why).
+* `download_version` fetches a registered version's model folder from the configured store into
+  the data home, when the folder its tag names is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sdft_ops.home import data_home, inside
 from sdft_ops.mlflow_store import StoreLocked, TrackingUnreachable, bounded_http
 from sdft_ops.update_state import update_dir
 
@@ -167,3 +170,40 @@ def close_dead_runs(client: "MlflowClient", experiment: str, scope: Mapping[str,
                  ", ".join(f"{run.info.run_name} {run.info.run_id}" for run in dead),
                  ", ".join(removed) or "none")
     return sorted(dead_ids)
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def download_version(client: "MlflowClient", name: str, version: str, uri: str,
+                     home: str | os.PathLike | None) -> Path:
+    """The model folder (with config.json) of registered version `version` of `name`, fetched
+    from the store `client` and `uri` name into `<home>/registry/downloads/<name>/v<version>`
+    (published whole by a rename; reused once there). Nothing is written outside the home."""
+    import mlflow
+
+    dest = inside(data_home(home) / "registry" / "downloads", name, f"v{version}")
+    if dest.is_dir():
+        found = next(dest.rglob("config.json"), None)
+        if found is not None:
+            return found.parent
+        shutil.rmtree(dest)  # a folder without a model: not ours to trust
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        source = client.get_model_version_download_uri(name, str(version))
+        mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri,
+                                            dst_path=str(partial))
+        try:
+            os.replace(partial, dest)
+        except OSError:
+            if not dest.is_dir():
+                raise  # else another process published it first: use theirs
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    found = next(dest.rglob("config.json"), None)
+    if found is None:
+        raise ValueError(f"version {version} of {name} holds no model folder (no config.json) in "
+                         f"{dest}; register a folder written by save_trained_model")
+    return found.parent

@@ -1,12 +1,14 @@
-"""Tracking's recovery paths (issue 33, rows 5, 7, 8 and 12), against real MLflow: a sqlite
+"""Tracking's recovery paths (issue 33, rows 4, 5, 7, 8 and 12), against real MLflow: a sqlite
 store in a temporary data home, a real `mlflow server` killed mid-update, and plain socket
 servers on 127.0.0.1 that accept connections and never answer.
 
-Each test fails without its fix: runs of dead processes closed (5), bounded waits and one-line
-errors (7, 12), a locked store in one line and exit 2 (8), a copied home refused (12).
+Each test fails without its fix: the champion's folder refetched from the configured store (4),
+runs of dead processes closed (5), bounded waits and one-line errors (7, 12), a locked store in
+one line and exit 2 (8), a copied home refused (12).
 """
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -24,6 +26,7 @@ import yaml
 
 from sdft_ops import cli
 from sdft_ops.domains import load_shipped
+from sdft_ops.engine.checkpoint import save_trained_model
 from sdft_ops.mlflow_store import (
     HTTP_LIMITS,
     HTTP_LIMITS_LAST_CALL,
@@ -31,8 +34,9 @@ from sdft_ops.mlflow_store import (
     TrackingUnreachable,
     tracking_uri,
 )
+from sdft_ops.models import ModelSpec
 from sdft_ops.pipeline import run_update, stage_dataset, train_step
-from sdft_ops.registry import TAG_DOMAIN, PolicyRegistry
+from sdft_ops.registry import TAG_DOMAIN, TAG_MODEL_DIR, PolicyRegistry
 from sdft_ops.tracking import start_update_run
 from sdft_ops.tracking_recovery import (
     TAG_PROCESS,
@@ -76,6 +80,21 @@ def run_cli(capsys, *argv) -> tuple[int, str, str, float]:
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err, time.monotonic() - started
+
+
+def weights_hash(folder: Path) -> str:
+    weights = sorted(folder.glob("*.safetensors"))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in weights)).hexdigest()
+
+
+def registered_tiny(registry: PolicyRegistry, folder: Path) -> str:
+    from sdft_ops.tiny import build_tiny
+
+    model, tokenizer = build_tiny(seed=0)
+    save_trained_model(model, tokenizer, folder, {"step": 1})
+    return registry.register_candidate(folder, parent_version=None, dataset_hash="sha256:abc",
+                                       method="sdft", base_model="tiny", commit=None,
+                                       tags={TAG_MODEL_DIR: str(folder)})
 
 
 # ---------------------------------------------------------------------------- servers
@@ -145,6 +164,30 @@ def mlflow_server(tmp_path, mlflow_template):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+# ---------------------------------------------------------------------------- row 4
+
+
+def test_a_deleted_champion_folder_is_fetched_from_the_configured_store_into_the_home(
+        store, tmp_path, monkeypatch):
+    registry = PolicyRegistry(None, home=store)
+    folder = tmp_path / "trained" / "model"
+    version = registered_tiny(registry, folder)
+    registry.promote(version, "bootstrap", manual=True)
+    expected = weights_hash(folder)
+    shutil.rmtree(folder)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # MLflow's defaults would write ./mlflow.db here
+
+    parent = PolicyRegistry(None, home=store).parent_for_update(ModelSpec(name_or_path="tiny"))
+    model_dir = Path(parent.model_dir)
+    assert parent.version == version and (model_dir / "config.json").is_file()
+    assert model_dir.is_relative_to(store.resolve()) and weights_hash(model_dir) == expected
+    assert list(cwd.iterdir()) == []  # nothing written outside the data home
+    again = PolicyRegistry(None, home=store).parent_for_update(ModelSpec(name_or_path="tiny"))
+    assert again.model_dir == parent.model_dir  # fetched once
 
 
 # ---------------------------------------------------------------------------- row 5
