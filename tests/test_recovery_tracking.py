@@ -4,7 +4,7 @@ servers on 127.0.0.1 that accept connections and never answer.
 
 Each test fails without its fix: the champion's folder refetched from the configured store (4),
 runs of dead processes closed (5), bounded waits and one-line errors (7, 12), a locked store in
-one line and exit 2 (8), a copied home refused (12).
+one line and exit 2 (8), a rejected version promoted only with --force, a copied home refused.
 """
 
 import contextlib
@@ -372,6 +372,19 @@ def test_a_lock_met_later_is_one_line_too():
 
 
 # ---------------------------------------------------------------------------- row 12: promote, copies
+
+
+def test_promoting_a_rejected_version_needs_force(store, tmp_path, capsys):
+    registry = PolicyRegistry(None, home=store)
+    version = registered_tiny(registry, tmp_path / "model")
+    registry.reject(version, "drift: max_drop failed")
+    code, _, err, _ = run_cli(capsys, "promote", version, "--reason", "x", "--home", store)
+    assert code == 2 and "gate rejected version 1" in one_line(err) and "--force" in err
+    assert registry.champion_version() is None
+    code, out, err, _ = run_cli(capsys, "promote", version, "--reason", "x", "--force", "--home", store)
+    assert code == 0, err
+    assert registry.champion_version() == version
+    assert registry.history()[-1].action == "manual_promote"
 
 
 def test_a_copied_data_home_refuses_to_write_into_the_original(store, tmp_path):
