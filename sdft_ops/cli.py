@@ -4,7 +4,8 @@
   sdft-ops update DEMOS.jsonl          train → eval → gate → register → promote if it passes
   sdft-ops eval MODEL                  score a model folder on the configured suites
   sdft-ops gate REPORT.json            apply the gate policy to an eval report
-  sdft-ops promote VERSION --reason .. manual promotion (recorded as such)
+  sdft-ops promote VERSION --reason .. manual promotion (recorded as such; --force for a
+                                       version the gate rejected)
   sdft-ops rollback --reason ..        champion → the previously promoted version (recorded)
   sdft-ops history                     every promotion / rejection / rollback, oldest first
   sdft-ops verify VERSION              a version's recorded weights hash against its files
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 from sdft_ops.models import DEFAULT_MODEL, ModelSpec
+from sdft_ops.tracking_recovery import tracking_calls
 
 SAMPLE_PROMPT = "In one sentence, why do language models forget old skills when fine-tuned?"
 DEFAULT_CONFIG = "configs/update.yaml"
@@ -134,7 +136,15 @@ def _cmd_gate(args) -> int:
 
 
 def _cmd_promote(args) -> int:
-    entry = _registry(args, _config(args)).promote(args.version, args.reason, manual=True)
+    from sdft_ops.registry import TAG_GATE_REASONS, TAG_GATE_VERDICT
+
+    registry = _registry(args, _config(args))
+    tags = registry.get_version(args.version).tags
+    if tags.get(TAG_GATE_VERDICT) == "reject" and not args.force:
+        reasons = " ".join(tags.get(TAG_GATE_REASONS, "no reasons recorded").split())
+        raise ValueError(f"the gate rejected version {args.version} ({reasons[:200]}); pass "
+                         "--force to promote it anyway (recorded as manual_promote)")
+    entry = registry.promote(args.version, args.reason, manual=True)
     print(f"champion: {entry.from_version} → {entry.to_version} (manual, by {entry.who})")
     return 0
 
@@ -219,9 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "the registry's)")
     p.add_argument("--domain", default=None, help="the domain this update teaches (judged by "
                    "domain_rule; other domain/* suites by earlier_domain_rule)")
-    p = add("promote", _cmd_promote, "manually promote a registered version to champion")
+    p = add("promote", _cmd_promote, "manually promote a registered version to champion; a "
+            "version the gate rejected is refused unless --force")
     p.add_argument("version")
     p.add_argument("--reason", required=True)
+    p.add_argument("--force", action="store_true", help="promote even a version the gate rejected")
     p = add("rollback", _cmd_rollback, "move champion back to the previous promoted version")
     p.add_argument("--reason", required=True)
     p = add("history", _cmd_history, "promotions, rejections and rollbacks, oldest first")
@@ -242,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with tracking_calls():  # bounded MLflow timeouts; a tracking failure in one line
+            return args.func(args)
     except KeyboardInterrupt:
         print("sdft-ops: interrupted", file=sys.stderr)
         return 130

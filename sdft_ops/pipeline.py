@@ -10,7 +10,9 @@ Each step is a function the CLI (`run_update`) and the Dagster assets both call:
 Between steps an update lives in `<home>/updates/<update_id>/` (`update_state.UpdateState` in
 state.json, train.jsonl, model-<hash>/, eval_report.json, gate_decision.*), so a step can run in
 another process (a Dagster asset). What it is scored on, and the score cache:
-`evaluation.battery`.
+`evaluation.battery`. Each step's MLflow calls run under `tracking_recovery.tracking_calls`
+(bounded timeouts, a failure in one line); an update whose tracking fails keeps its folder, and
+is resumed by a rerun with its id.
 
 The weights keep one identity from training to promotion (`weights_identity`): each training
 publishes a new folder named by its hash, the report and the registered version record that
@@ -42,6 +44,7 @@ from sdft_ops.evaluation.report import EvalReport
 from sdft_ops.evaluation.scorers import get_scorer
 from sdft_ops.gate import GateDecision
 from sdft_ops.home import data_home
+from sdft_ops.mlflow_store import StoreLocked, TrackingUnreachable
 from sdft_ops.models import check_model_reference
 from sdft_ops.registry import (
     CANDIDATE,
@@ -52,6 +55,7 @@ from sdft_ops.registry import (
     PolicyRegistry,
 )
 from sdft_ops.settings import UpdateConfig
+from sdft_ops.tracking_recovery import close_dead_runs, tracking_calls
 from sdft_ops.update_state import (
     Parent,
     UpdateState,
@@ -208,6 +212,7 @@ def stage_dataset(update_id: str, dataset: DemoDataset, cfg: UpdateConfig, home:
     return domain
 
 
+@tracking_calls()
 def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Trained:
     """Step 2: train from the current champion (or the base model); one MLflow run per update."""
     from sdft_ops.replay import draw_replay, replay_pool
@@ -219,6 +224,8 @@ def train_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Train
     parent = registry.parent_for_update(cfg.model)
     replay = draw_replay(replay_pool(registry, home, parent.version, cfg.replay),
                          len(domain.train), cfg.replay, domain.train.content_hash)
+    close_dead_runs(registry.client, cfg.tracking.experiment, {TAG_DOMAIN: domain.name}, home,
+                    keep=update_id)
     logger = start_update_run(cfg.tracking.experiment, update_id, parent_run_id=parent.run_id,
                               uri=registry.tracking_uri, home=home, parent_version=parent.version,
                               tags={TAG_DOMAIN: domain.name, TAG_METHOD: cfg.train.method})
@@ -252,6 +259,7 @@ def lineage_description(update_id: str, domain: str, method: str, parent_version
     return f"update {update_id}: {method} on {domain}, trained from {parent}"
 
 
+@tracking_calls()
 def eval_step(update_id: str, cfg: UpdateConfig, home: Path, registry) -> tuple[EvalReport, str]:
     """Step 3: score candidate and parent on every suite, register the candidate (or find the
     version a killed run registered for these weights), log it all."""
@@ -305,6 +313,7 @@ def gate_decision(update_id: str, cfg: UpdateConfig, home: Path, registry) -> Ga
     return with_identity(decision, identity_check(path, version, tags))
 
 
+@tracking_calls()
 def gate_step(update_id: str, cfg: UpdateConfig, home: Path, registry,
               blocked: Sequence[str] = ()) -> GateDecision:
     """Step 4: decide, then promote or reject (recorded in the ledger and the MLflow run).
@@ -359,8 +368,12 @@ def run_update(dataset: DemoDataset, cfg: UpdateConfig, *, update_id: str | None
     registry = registry or PolicyRegistry.from_config(cfg, home)
     update_id = update_id or new_update_id(dataset.domains[0] if dataset.domains else "update", home)
     refuse_gated(update_id, home, registry)
-    stage_dataset(update_id, dataset, cfg, home)
-    train_step(update_id, cfg, home, registry)
-    eval_step(update_id, cfg, home, registry)
-    gate_step(update_id, cfg, home, registry)
+    try:
+        stage_dataset(update_id, dataset, cfg, home)
+        train_step(update_id, cfg, home, registry)
+        eval_step(update_id, cfg, home, registry)
+        gate_step(update_id, cfg, home, registry)
+    except (TrackingUnreachable, StoreLocked) as e:  # the data is staged: say how to go on
+        raise type(e)(f"{e}; the update is kept: rerun with --update-id {update_id} to resume "
+                      "it") from e
     return outcome_of(update_id, home)

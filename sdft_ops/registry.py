@@ -67,6 +67,7 @@ from sdft_ops.policy_package import (  # noqa: F401  (check_model_folder, load_c
     policy_signature,
 )
 from sdft_ops.tracking import DEFAULT_EXPERIMENT, TAG_CODE_VERSION, TAG_PARENT_VERSION, code_version
+from sdft_ops.tracking_recovery import download_version
 from sdft_ops.weights_identity import TAG_WEIGHTS_SHA256, check_judged, model_ref
 from sdft_ops.weights_identity import weights_sha256 as hash_weights
 
@@ -181,12 +182,9 @@ class PolicyRegistry:
             return Parent(version=None, model_dir=resolve_model_path(spec), ref=f"base:{spec.name_or_path}")
         mv = self.get_version(version)
         model_dir = mv.tags.get(TAG_MODEL_DIR)
-        if not model_dir or not Path(model_dir).is_dir():
-            import mlflow
-
-            local = mlflow.artifacts.download_artifacts(f"models:/{self.name}/{version}",
-                                                        tracking_uri=self.tracking_uri)
-            model_dir = str(next(Path(local).rglob("config.json")).parent)
+        if not model_dir or not Path(model_dir).is_dir():  # fetched from this store, into the home
+            model_dir = str(download_version(self.client, self.name, version, self.tracking_uri,
+                                             self.home))
         # the identity it was scored under as a candidate, so its cached results are reused
         update_id, sha256 = mv.tags.get(TAG_UPDATE_ID), mv.tags.get(TAG_WEIGHTS_SHA256)
         ref = model_ref(update_id, sha256) if update_id else f"{self.name}/v{version}"

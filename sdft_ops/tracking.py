@@ -8,9 +8,10 @@
 * `start_update_run(experiment, run_name, parent_run_id=..., ...)` opens the run of one update,
   with lineage tags `sdft_ops.parent_run_id`, `sdft_ops.parent_version` and `sdft_ops.chain`
   (the run ids from the first update to this one, '/'-joined; `sdft_ops.chain_depth` counts
-  them) so a chain of updates can be followed run to run. System metrics (CPU, memory, disk,
-  network; GPU with pynvml) are sampled by MLflow's `SystemMetricsMonitor` when psutil is
-  installed; without it they are skipped with one log line.
+  them) so a chain of updates can be followed run to run, and `sdft_ops.process` (which process
+  runs it: `tracking_recovery` closes the runs of processes that died). System metrics (CPU,
+  memory, disk, network; GPU with pynvml) are sampled by MLflow's `SystemMetricsMonitor` when
+  psutil is installed; without it they are skipped with one log line.
 * Keys: `train/<name>` per step (whatever the loop passes), `eval/<suite>/score`,
   `eval/<suite>/ci_low`, `eval/<suite>/ci_high`, and with a reference `eval/<suite>/retention`,
   `.../retention_ci_low`, `.../retention_ci_high`, `.../delta`, `.../delta_ci_low`,
@@ -40,8 +41,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sdft_ops.mlflow_store import ensure_experiment, ready_tracking_uri
+from sdft_ops.mlflow_store import (
+    HTTP_LIMITS_LAST_CALL,
+    bounded_http,
+    ensure_experiment,
+    ready_tracking_uri,
+)
 from sdft_ops.settings import TrackingConfig
+from sdft_ops.tracking_recovery import TAG_DATA_HOME, TAG_PROCESS, process_identity
 
 if TYPE_CHECKING:  # mlflow is imported inside functions: the Dagster code server imports this module
     from mlflow import MlflowClient
@@ -193,10 +200,23 @@ class MlflowLogger:
         self.client.log_batch(self.run_id, tags=[RunTag(k, _tag_value(v)) for k, v in tags.items()])
 
     def close(self, status: str = "FINISHED") -> None:
-        """Stop system metrics and mark the run terminated (idempotent)."""
+        """Stop system metrics and mark the run terminated (idempotent). Closing a failed run is
+        best effort, quickly: it must not hide or delay the error that failed it (a run left
+        RUNNING is closed by the next update of its domain once this process has ended)."""
         if self._closed:
             return
         self._closed = True
+        if status == "FINISHED":
+            self._terminate(status)
+            return
+        try:
+            with bounded_http(HTTP_LIMITS_LAST_CALL, force=True):
+                self._terminate(status)
+        except Exception as e:  # noqa: BLE001 — the failure being reported matters more
+            log.warning("MLflow run %s stays RUNNING (marking it %s failed: %s)", self.run_id,
+                        status, " ".join(str(e).split())[:200])
+
+    def _terminate(self, status: str) -> None:
         if self._system_metrics is not None:
             self._system_metrics.finish()
         self.client.set_terminated(self.run_id, status)
@@ -298,7 +318,9 @@ def start_update_run(experiment: str, run_name: str, parent_run_id: str | None =
         chain = "…" + chain[-(MAX_TAG_VALUE_LENGTH - 1):]
     commit = code_version()
     lineage = {TAG_PARENT_RUN: parent_run_id, TAG_PARENT_VERSION: parent_version, TAG_CHAIN: chain,
-               TAG_CHAIN_DEPTH: depth, TAG_CODE_VERSION: commit}
+               TAG_CHAIN_DEPTH: depth, TAG_CODE_VERSION: commit, TAG_PROCESS: process_identity()}
+    if home is not None:
+        lineage[TAG_DATA_HOME] = str(Path(home).resolve())
     if commit:
         lineage["mlflow.source.git.commit"] = commit
     logger = MlflowLogger(run_id, uri)

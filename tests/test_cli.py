@@ -132,13 +132,16 @@ def test_history_lists_promote_then_reject(chain, capsys):
 
 
 def test_manual_promote_rollback_and_rollback_again(chain, capsys):
-    """promote 2 (manual) → rollback to 1 → rollback again refused; all in one test, since each
-    step depends on the one before."""
+    """promote 2 (manual; the gate rejected it, so only with --force) → rollback to 1 → rollback
+    again refused; all in one test, since each step depends on the one before."""
     assert chain.registry().champion_version() == "1"
     n = len(chain.history())
 
     code, out, err = run_cli(capsys, "promote", "2", "--reason", "x", "--home", chain.home,
                              "--config", chain.config)
+    assert code == 2 and "gate rejected version 2" in err and "--force" in err  # the gate said no
+    code, out, err = run_cli(capsys, "promote", "2", "--reason", "x", "--force", "--home",
+                             chain.home, "--config", chain.config)
     assert code == 0, err
     assert "champion: 1 → 2 (manual" in out
     assert chain.registry().champion_version() == "2"
