@@ -219,6 +219,17 @@ RECIPES: dict[str, tuple[dict, dict | None]] = {
                                                       "steps_per_generation": 16, "grad_accum_steps": 1,
                                                       "seed": 1},
         REPLAY_R50 | {"learn_as": "demonstration", "seed": 1}),
+    # measured: tooluse's seed 1 kept 0.919 of HarmBench but lost Do-Not-Answer refusals (0.700 →
+    # 0.525, CI clear of 0), which the gate's earlier-domain guard rejects; three quarters refusals
+    "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.75-128x2-k16-lr6e-4": (
+        TEACHER | TOP10 | FILTER_NLL | SMALL_STEPS | {"max_steps": 128, "prompts_per_step": 2,
+                                                      "steps_per_generation": 16, "grad_accum_steps": 1},
+        REPLAY_R75_DEMOS),
+    "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.75-128x2-k16-lr6e-4-seed1": (
+        TEACHER | TOP10 | FILTER_NLL | SMALL_STEPS | {"max_steps": 128, "prompts_per_step": 2,
+                                                      "steps_per_generation": 16, "grad_accum_steps": 1,
+                                                      "seed": 1},
+        REPLAY_R75_DEMOS | {"seed": 1}),
     "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-64x4-k8-lr1e-3": (
         TEACHER | TOP10 | FILTER_NLL | SMALL_STEPS | {"learning_rate": 1e-3}, REPLAY_R50 | {"learn_as": "demonstration"}),
     # a damaging update for the gate's power (benchmarks/gate_power.py): plain SFT at 30x the lr
