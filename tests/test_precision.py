@@ -39,12 +39,12 @@ def test_frozen_weights_held_in_bf16_give_the_same_logits_and_come_back_bit_for_
     ids = torch.tensor([[1, 5, 9, 40, 7, 3]])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = model(input_ids=ids).logits
-        with precision.frozen_weights_in_bf16(model, True, spill_dir=tmp_path):
+        with precision.frozen_weights_in_bf16(model, True, spill_dir=tmp_path / "new"):
             assert {w.dtype for w in frozen} == {torch.bfloat16} and embedding.dtype == torch.float32
-            assert list(tmp_path.iterdir())  # the float32 values wait on disk
+            assert list((tmp_path / "new").iterdir())  # the float32 values wait on disk
             held = model(input_ids=ids).logits
     assert torch.equal(held, expected)
-    assert not list(tmp_path.iterdir())
+    assert not list((tmp_path / "new").iterdir())
     for name, p in model.named_parameters():
         assert p.dtype == torch.float32 and torch.equal(p, before[name]), name
     with precision.frozen_weights_in_bf16(model, False):

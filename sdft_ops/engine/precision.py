@@ -77,6 +77,8 @@ def frozen_weights_in_bf16(model: torch.nn.Module, enabled: bool, spill_dir: str
         return
     from safetensors.torch import load_file, save_file
 
+    if spill_dir is not None:
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".frozen-fp32-", dir=spill_dir) as tmp:
         spilled = Path(tmp) / "weights.safetensors"
         save_file({str(i): w.data.contiguous() for i, w in enumerate(weights)}, spilled)
