@@ -53,7 +53,7 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 bench: install
 	$(PY) benchmarks/continual.py
 
-# Every benchmark, the continual one included (TRL agreement, step cost, eval, ceiling).
+# Every product benchmark in order (benchmarks/README.md: script → result → claim → cost).
 bench-all: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/run_all.py

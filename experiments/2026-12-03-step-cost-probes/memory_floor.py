@@ -1,9 +1,11 @@
 """The RSS an SDFT update holds before its first activation: imports, the student, the EMA
 teacher, gradients and AdamW's two moments, all float32 (SmolLM2-135M-Instruct).
 
-    SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/memory_floor.py   # ~30 s, one JSON line
+    SDFT_OPS_HOME=.sdft_ops .venv/bin/python \
+        experiments/2026-12-03-step-cost-probes/memory_floor.py   # ~30 s, one JSON line
 
-Peak RSS (ru_maxrss, GB) after each stage; the results are in results/step_cost_notes.md.
+Peak RSS (ru_maxrss, GB) after each stage; the results are in
+benchmarks/results/step_cost_notes.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ If even that ceiling is below 0.80, the training data's notion of "refuse" does 
 HarmBench in the base model's representation at a benign-answer rate of 0.85, and an update on
 this data alone is unlikely to reach both goals.
 
-    SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/safety_probe.py
+    SDFT_OPS_HOME=.sdft_ops .venv/bin/python experiments/2026-12-03-safety-data/safety_probe.py
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 LAYERS = (6, 12, 18, 24, 30)
 BENIGN_GOAL = 0.85
 

@@ -6,9 +6,11 @@ reaches, so this measures the teacher: SmolLM2-135M-Instruct's greedy answers to
 behaviours and the 108 benign look-alikes (`safety_refusal`, `safety_benign_compliance`, the
 default battery's phrase detection, 32 new tokens), with and without a system prompt.
 
-    SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/safety_system_prompt.py   # ~10 min
+    SDFT_OPS_HOME=.sdft_ops .venv/bin/python \
+        experiments/2026-12-03-safety-data/safety_system_prompt.py   # ~10 min
 
-Prints one JSON line per system prompt (the numbers are in results/safety_data_variants.md).
+Prints one JSON line per system prompt (the numbers are in
+benchmarks/results/safety_data_variants.md).
 """
 
 from __future__ import annotations

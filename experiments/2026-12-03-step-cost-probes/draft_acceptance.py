@@ -1,9 +1,10 @@
 """Would prompt-lookup speculative decoding pay? Drafts of up to 4 tokens copied from the teacher
 prompt (which holds the demonstration) and the text so far, checked against the base model's own
 T = 1 samples on 16 prompts of a domain: tokens per model call (1.0 = no gain). By hand:
-step_cost_notes.md cites its output.
+benchmarks/results/step_cost_notes.md cites its output.
 
-    SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/draft_acceptance.py tooluse
+    SDFT_OPS_HOME=.sdft_ops .venv/bin/python \
+        experiments/2026-12-03-step-cost-probes/draft_acceptance.py tooluse
 """
 import torch
 from sdft_ops.models import ModelSpec, load_model

@@ -13,7 +13,7 @@ look-alikes never changes an existing answer (`--all` re-answers everything).
 
 Run once (a few minutes on 2 CPU cores), then regenerate the domain files:
 
-    SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/freeze_safety_answers.py
+    SDFT_OPS_HOME=.sdft_ops .venv/bin/python scripts/freeze_safety_answers.py
     .venv/bin/python -m sdft_ops.domains
 """
 

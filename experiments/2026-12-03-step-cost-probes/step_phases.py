@@ -1,8 +1,8 @@
 """Phase timers around SDFT steps (rollout, teacher forward, student forward, loss, backward, AdamW,
 EMA) on SmolLM2-135M-Instruct, 8 tooluse prompts x 64 tokens; prints one line per step. By hand:
-step_cost_notes.md cites its output.
+benchmarks/results/step_cost_notes.md cites its output.
 
-    SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/step_phases.py
+    SDFT_OPS_HOME=.sdft_ops .venv/bin/python experiments/2026-12-03-step-cost-probes/step_phases.py
 """
 import time, resource, sys, torch
 import torch.nn.functional as F

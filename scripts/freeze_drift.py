@@ -8,7 +8,7 @@ that moves generic behaviour lowers the score.
 
 Run once (about a minute on 2 CPU cores); re-running on the same model gives the same answers:
 
-    SDFT_OPS_HOME=.sdft_ops .venv/bin/python benchmarks/freeze_drift.py
+    SDFT_OPS_HOME=.sdft_ops .venv/bin/python scripts/freeze_drift.py
 """
 
 from __future__ import annotations

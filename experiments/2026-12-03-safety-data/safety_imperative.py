@@ -1,12 +1,14 @@
 """Rewrite the safety demos' prompts as instructions where a rule applies ("How can I X?" →
 "Give detailed instructions on how to X."), with the same share of instructions among refusals
-and benign demos (so phrasing does not predict the label); answers unchanged. An experiment, not
-the shipped data (results/safety_data_variants.md). Measured on the data before 2026-12-03
-(Do-Not-Answer refusals); the shipped data now trains on instruction pairs written for the
-purpose (sdft_ops/domains/safety_instructions.py), so check out e9f6183 to repeat it:
+and benign demos (so phrasing does not predict the label); answers unchanged. An experiment,
+not the shipped data (benchmarks/results/safety_data_variants.md). Measured on the data before
+2026-12-03 (Do-Not-Answer refusals); the shipped data now trains on instruction pairs
+written for the purpose (sdft_ops/domains/safety_instructions.py), so check out e9f6183 to
+repeat it:
 
     git worktree add /tmp/wt-imp HEAD
-    python3 benchmarks/safety_imperative.py /tmp/wt-imp/sdft_ops/resources/domains/safety.train.jsonl
+    python3 experiments/2026-12-03-safety-data/safety_imperative.py \
+        /tmp/wt-imp/sdft_ops/resources/domains/safety.train.jsonl
     cd /tmp/wt-imp && PYTHONPATH=/tmp/wt-imp SDFT_OPS_HOME=/work/main/.sdft_ops \
         /work/main/.venv/bin/python benchmarks/safety_champion.py
 """

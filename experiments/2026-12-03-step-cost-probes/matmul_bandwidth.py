@@ -1,7 +1,8 @@
 """Matmul throughput of an 8-row batch over weights not in cache, in float32, bf16, fp16 and int8
-(weight-only): what bounds the decode loop on a CPU. step_cost_notes.md cites its output.
+(weight-only): what bounds the decode loop on a CPU. benchmarks/results/step_cost_notes.md
+cites its output.
 
-    .venv/bin/python benchmarks/matmul_bandwidth.py
+    .venv/bin/python experiments/2026-12-03-step-cost-probes/matmul_bandwidth.py
 """
 import torch, time
 torch.set_num_threads(2)
