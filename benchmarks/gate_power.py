@@ -3,10 +3,11 @@ the gate rejects a candidate that lost nothing, and how often it catches a real 
 
 Models: `benchmarks/recipes.py`'s data home (benchmarks/results/cache/recipes). The reference is
 its safety champion (`updates/safety/model`); the candidates (`CANDIDATES`) were trained from it:
-the champion itself re-registered (a literal no-op), the chosen recipe (configs/demo.yaml) on
-tooluse and on triage, seeds 0 and 1, the rushed SFT update (16 steps, lr 1e-4, no replay) and a
-damaging SFT at lr 3e-3. Train them first: `benchmarks/recipes.py --recipes sft sft-lr3e-3
-<CHOSEN> <CHOSEN>-seed1 --domains tooluse triage` (the rushed ones are read on tooluse only).
+the champion itself re-registered (a literal no-op), the recipe chosen per domain by recipes.py
+(`CHOSEN`, from recipes.json; tooluse's is configs/demo.yaml's) on tooluse and on triage, seeds
+0 and 1, the rushed SFT update (16 steps, lr 1e-4, no replay) and a damaging SFT at lr 3e-3.
+Train them first: `benchmarks/recipes.py --recipes sft sft-lr3e-3 <CHOSEN> <CHOSEN>-seed1
+--domains tooluse triage` (the rushed ones are read on tooluse only).
 
 1. Timed (`--time`): each candidate's whole evaluation as the demo's gate runs it:
    configs/demo.yaml's eval and configs/gate.yaml's policy, every suite of the chain's last
@@ -57,14 +58,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPES_HOME = RESULTS / "cache" / "recipes"
 HOME = RESULTS / "cache" / "gate_power"
-CHOSEN = "sdft-top10-teacher+filter-nll+replay-demos1.0-refusal0.5-128x2-k16-lr6e-4"  # configs/demo.yaml
+# the recipe chosen per domain by benchmarks/recipes.py (tooluse's is configs/demo.yaml's)
+CHOSEN = {d: c["recipe"] for d, c in
+          json.loads((RESULTS / "recipes.json").read_text())["chosen"]["by_domain"].items()}
 # update id in the recipes home → (domain, expected verdict, what it is)
 CANDIDATES = {
     "safety": ("safety", "promote", "no-op: the champion re-registered"),
-    f"tooluse--{CHOSEN}": ("tooluse", "promote", "the chosen recipe on tooluse (seed 0)"),
-    f"tooluse--{CHOSEN}-seed1": ("tooluse", "promote", "the chosen recipe on tooluse (seed 1)"),
-    f"triage--{CHOSEN}": ("triage", "promote", "the chosen recipe on triage (seed 0)"),
-    f"triage--{CHOSEN}-seed1": ("triage", "promote", "the chosen recipe on triage (seed 1)"),
+    **{f"{d}--{CHOSEN[d]}{suffix}": (d, "promote", f"the chosen recipe on {d} (seed {seed})")
+       for d in ("tooluse", "triage") for seed, suffix in ((0, ""), (1, "-seed1"))},
     "tooluse--sft": ("tooluse", "reject", "rushed SFT (16 steps, lr 1e-4, no replay)"),
     "tooluse--sft-lr3e-3": ("tooluse", "reject", "damaging SFT (lr 3e-3)"),
 }
