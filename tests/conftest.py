@@ -38,3 +38,31 @@ def mlflow_template(request, tmp_path_factory) -> Path:
         MlflowClient(f"sqlite:///{tmp}").search_experiments()
         os.replace(tmp, path)  # atomic: concurrent sessions never see half a db
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP threads
+    spinning against other jobs made a module 3-4x slower; restored afterwards. A module opts in
+    with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def registry(home, mlflow_template, monkeypatch):
+    """A PolicyRegistry on a fresh copy of the migrated MLflow store in `home`."""
+    import shutil
+
+    from sdft_ops.mlflow_store import tracking_uri
+    from sdft_ops.registry import PolicyRegistry
+
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(mlflow_template, home / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(home))
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return PolicyRegistry(home=home, user="tester")

@@ -49,16 +49,7 @@ class Chain:
         return [(e.action, e.version, e.from_version, e.to_version) for e in self.registry().history()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP threads
-    spinning against other jobs made this module 3-4x slower; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ import torch
 from sdft_ops.data import Demonstration, DemoDataError, DemoDataset, load_demonstrations
 from sdft_ops.engine import SDFTConfig, train
 from sdft_ops.engine.context import PromptTooLongError
-from sdft_ops.mlflow_store import tracking_uri
-from sdft_ops.registry import TAG_UPDATE_ID, PolicyRegistry
+from sdft_ops.registry import TAG_UPDATE_ID
 from sdft_ops.replay import ReplayConfig
 from sdft_ops.settings import UpdateConfig
 from sdft_ops.tiny import build_tiny
@@ -21,13 +20,6 @@ from sdft_ops.update_state import update_dir
 from tests.pipeline_helpers import tiny_base, tiny_config
 
 
-@pytest.fixture
-def registry(home, mlflow_template, monkeypatch) -> PolicyRegistry:
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(mlflow_template, home / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(home))
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return PolicyRegistry(home=home, user="tester")
 
 
 @pytest.fixture(scope="module")

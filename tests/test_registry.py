@@ -42,13 +42,6 @@ def model_dir(tmp_path_factory):
     return save_trained_model(model, tokenizer, tmp_path_factory.mktemp("trained") / "final", {"step": 1})
 
 
-@pytest.fixture
-def registry(home, mlflow_template, monkeypatch) -> PolicyRegistry:
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(mlflow_template, home / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(home))
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return PolicyRegistry(home=home, user="tester")
 
 
 def register(registry, model_dir, parent):

@@ -22,14 +22,7 @@ from sdft_ops.weights_identity import TAG_WEIGHTS_SHA256, publish_model, weights
 from tests.pipeline_helpers import fast_config, fresh_home, tiny_base
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
